@@ -1,0 +1,105 @@
+//! The README's first command: a server and several clients in one process.
+//!
+//! ```text
+//! cargo run --example demo [-- --name NAME]
+//! ```
+//!
+//! Starts an echo server on a default name (`\\.\pipe\pipeserve-demo` on
+//! Windows, `pipeserve-demo.sock` in the runtime or temp dir on Unix), runs
+//! eight concurrent clients against its four instances, prints each reply
+//! and which instance served it, then shuts the server down and prints its
+//! summary.
+
+use std::{
+    collections::BTreeSet,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+};
+
+use bytes::Bytes;
+use pipeserve::{Client, ConnectionInfo, Server};
+use tower::service_fn;
+
+const CLIENTS: usize = 8;
+const REQUESTS: usize = 3;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let mut name = String::from("pipeserve-demo");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--name" => name = args.next().ok_or("--name needs a value")?,
+            other => {
+                return Err(format!("unknown argument {other:?}; usage: demo [--name NAME]").into())
+            }
+        }
+    }
+
+    let server = Server::builder().instances(4).bind(&name)?;
+    println!(
+        "server listening on {} with 4 instances",
+        server.local_addr()
+    );
+
+    // Each connection's service knows which instance and client it serves.
+    let instances_used = Arc::new(Mutex::new(BTreeSet::new()));
+    let used = instances_used.clone();
+    let make = service_fn(move |info: ConnectionInfo| {
+        used.lock().unwrap().insert(info.instance());
+        async move {
+            Ok::<_, Infallible>(service_fn(move |req: Bytes| {
+                let reply = format!(
+                    "{} (connection {} on instance {})",
+                    String::from_utf8_lossy(&req).to_uppercase(),
+                    info.id(),
+                    info.instance()
+                );
+                async move { Ok::<_, Infallible>(Bytes::from(reply)) }
+            }))
+        }
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve_make_with_shutdown(make, async {
+        let _ = stopped.await;
+    }));
+
+    let mut clients = Vec::new();
+    for c in 0..CLIENTS {
+        let name = name.clone();
+        clients.push(tokio::spawn(async move {
+            let client = Client::connect(&name).await?;
+            let mut lines = Vec::new();
+            for r in 0..REQUESTS {
+                let req = format!("hello {r} from client {c}");
+                let reply = client.call(Bytes::from(req.clone())).await?;
+                lines.push(format!(
+                    "client {c}: {req:?} -> {:?}",
+                    String::from_utf8_lossy(&reply)
+                ));
+            }
+            Ok::<_, pipeserve::Error>(lines)
+        }));
+    }
+    let mut replies = 0;
+    for client in clients {
+        for line in client.await?? {
+            println!("{line}");
+            replies += 1;
+        }
+    }
+
+    let _ = stop.send(());
+    let summary = serving.await??;
+    println!(
+        "{replies} replies to {} requests from {CLIENTS} clients; server: {} connections, {} requests answered, instances used {:?}",
+        CLIENTS * REQUESTS,
+        summary.connections,
+        summary.requests,
+        instances_used.lock().unwrap()
+    );
+    if replies != CLIENTS * REQUESTS || summary.requests != replies as u64 {
+        return Err("some requests were not answered".into());
+    }
+    Ok(())
+}

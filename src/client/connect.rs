@@ -1,0 +1,56 @@
+//! Connecting by name, retrying while the server is busy or not there yet.
+
+use std::time::Duration;
+
+use tokio::time::{sleep, Instant};
+use tracing::trace;
+
+use crate::{
+    error::{Error, Kind},
+    sys, Address,
+};
+
+/// Settings of one connection attempt, from the client builder.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectOptions {
+    pub(crate) message_mode: bool,
+    pub(crate) timeout: Duration,
+}
+
+/// Connects, retrying "all instances busy" (`ERROR_PIPE_BUSY`, a full
+/// backlog) and "no such pipe" (`ERROR_FILE_NOT_FOUND`, no socket file,
+/// connection refused) with a short backoff until the timeout. Returns the
+/// connection and how many retries it took. No `WaitNamedPipe`: it blocks a
+/// thread and is unreliable.
+pub(crate) async fn connect(
+    address: &Address,
+    opts: &ConnectOptions,
+) -> Result<(sys::ClientIo, u32), Error> {
+    let deadline = Instant::now() + opts.timeout;
+    let mut delay = Duration::from_millis(1);
+    let mut retries = 0;
+    loop {
+        match sys::connect(address.as_path(), opts).await {
+            Ok(io) => return Ok((io, retries)),
+            Err(e) if sys::is_busy(&e) => {
+                if Instant::now() + delay > deadline {
+                    return Err(Error::new(Kind::Timeout)
+                        .context(format!(
+                            "connecting to {address}: no free instance or no server after {:?} ({retries} retries)",
+                            opts.timeout
+                        ))
+                        .with(e));
+                }
+                trace!(%address, error = %e, ?delay, "server busy or not there yet; retrying");
+                retries += 1;
+                sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(Error::new(Kind::Connect)
+                    .context(format!("connecting to {address}"))
+                    .with(e))
+            }
+        }
+    }
+}

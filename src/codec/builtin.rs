@@ -1,0 +1,258 @@
+//! The built-in framings, frames as `Bytes`.
+
+use std::{
+    io,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
+
+use super::{
+    message::MessageTransport,
+    transport::{private, CodecTransport, MakeTransport, Transport},
+    Framing, LineCodec, MAX_MESSAGE_LEN,
+};
+
+/// A built-in [`Framing`] with its maximum frame length.
+///
+/// What a server or client built with [`Framing`] frames with; you rarely name
+/// it. For [`Framing::Message`] the limit is at most [`MAX_MESSAGE_LEN`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BuiltinFraming {
+    framing: Framing,
+    max_frame_len: usize,
+}
+
+impl BuiltinFraming {
+    /// A framing with a maximum frame length in bytes.
+    pub fn new(framing: Framing, max_frame_len: usize) -> Self {
+        let max_frame_len = match framing {
+            Framing::Message => max_frame_len.min(MAX_MESSAGE_LEN),
+            _ => max_frame_len,
+        };
+        BuiltinFraming {
+            framing,
+            max_frame_len,
+        }
+    }
+
+    /// The framing.
+    pub fn framing(&self) -> Framing {
+        self.framing
+    }
+
+    /// The maximum frame length in bytes.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+}
+
+impl private::Sealed for BuiltinFraming {}
+
+impl MakeTransport for BuiltinFraming {
+    type In = Bytes;
+    type Out = Bytes;
+    type Transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> = BuiltinTransport<Io>;
+
+    fn transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        io: Io,
+    ) -> BuiltinTransport<Io> {
+        let max = self.max_frame_len;
+        BuiltinTransport(match self.framing {
+            Framing::LengthDelimited => {
+                Inner::Codec(CodecTransport(Framed::new(io, BytesCodec::length(max))))
+            }
+            Framing::Lines => Inner::Codec(CodecTransport(Framed::new(
+                io,
+                BytesCodec::Lines(LineCodec::new(max)),
+            ))),
+            Framing::Message => Inner::Message(MessageTransport::new(io, max)),
+        })
+    }
+
+    fn message_mode(&self) -> bool {
+        self.framing == Framing::Message
+    }
+}
+
+/// The built-in codecs over a byte stream.
+#[derive(Debug)]
+pub(crate) enum BytesCodec {
+    Length {
+        inner: LengthDelimitedCodec,
+        max: usize,
+    },
+    Lines(LineCodec),
+}
+
+impl BytesCodec {
+    fn length(max: usize) -> Self {
+        BytesCodec::Length {
+            inner: LengthDelimitedCodec::builder()
+                .max_frame_length(max)
+                .new_codec(),
+            max,
+        }
+    }
+}
+
+impl Decoder for BytesCodec {
+    type Item = Bytes;
+    type Error = io::Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        match self {
+            BytesCodec::Length { inner, max } => {
+                // The length is checked before anything is reserved for the
+                // frame; reported here with the length, tokio-util would say
+                // only "frame size too big".
+                if src.len() >= 4 {
+                    let len = (&src[..4]).get_u32() as u64;
+                    if len > *max as u64 {
+                        return Err(super::frame_too_large(len, *max));
+                    }
+                }
+                Ok(inner.decode(src)?.map(BytesMut::freeze))
+            }
+            BytesCodec::Lines(lines) => lines.decode(src),
+        }
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
+        match self {
+            BytesCodec::Length { .. } => match self.decode(src)? {
+                Some(frame) => Ok(Some(frame)),
+                None if src.is_empty() => Ok(None),
+                None => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "connection closed in the middle of a frame ({} bytes of it read)",
+                        src.len()
+                    ),
+                )),
+            },
+            BytesCodec::Lines(lines) => lines.decode_eof(src),
+        }
+    }
+}
+
+impl Encoder<Bytes> for BytesCodec {
+    type Error = io::Error;
+
+    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
+        match self {
+            BytesCodec::Length { inner, max } => {
+                if frame.len() > *max {
+                    return Err(super::frame_too_large(frame.len() as u64, *max));
+                }
+                inner.encode(frame, dst)
+            }
+            BytesCodec::Lines(lines) => lines.encode(frame, dst),
+        }
+    }
+}
+
+/// The transport of a built-in framing.
+#[derive(Debug)]
+pub struct BuiltinTransport<Io>(Inner<Io>);
+
+#[derive(Debug)]
+enum Inner<Io> {
+    Codec(CodecTransport<Io, BytesCodec>),
+    Message(MessageTransport<Io>),
+}
+
+impl<Io: AsyncRead + AsyncWrite + Unpin> Stream for BuiltinTransport<Io> {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.get_mut().0 {
+            Inner::Codec(t) => Pin::new(t).poll_next(cx),
+            Inner::Message(t) => Pin::new(t).poll_next(cx),
+        }
+    }
+}
+
+impl<Io: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for BuiltinTransport<Io> {
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Inner::Codec(t) => Pin::new(t).poll_ready(cx),
+            Inner::Message(t) => Pin::new(t).poll_ready(cx),
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+        match &mut self.get_mut().0 {
+            Inner::Codec(t) => Pin::new(t).start_send(frame),
+            Inner::Message(t) => Pin::new(t).start_send(frame),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Inner::Codec(t) => Pin::new(t).poll_flush(cx),
+            Inner::Message(t) => Pin::new(t).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().0 {
+            Inner::Codec(t) => Pin::new(t).poll_close(cx),
+            Inner::Message(t) => Pin::new(t).poll_close(cx),
+        }
+    }
+}
+
+impl<Io: AsyncRead + AsyncWrite + Unpin + Send> Transport<Io, Bytes, Bytes>
+    for BuiltinTransport<Io>
+{
+    fn into_io(self) -> Io {
+        match self.0 {
+            Inner::Codec(t) => t.into_io(),
+            Inner::Message(t) => t.into_io(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_prefix_over_the_limit_fails_before_any_allocation() {
+        let mut codec = BytesCodec::length(1024);
+        let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
+        let cap = buf.capacity();
+        let err = codec.decode(&mut buf).unwrap_err();
+        assert!(super::super::is_frame_too_large(&err));
+        assert!(err.to_string().contains("4294967295"), "{err}");
+        assert_eq!(buf.capacity(), cap);
+    }
+
+    #[test]
+    fn length_frames_round_trip_including_empty() {
+        let mut codec = BytesCodec::length(16);
+        let mut buf = BytesMut::new();
+        codec.encode(Bytes::from_static(b""), &mut buf).unwrap();
+        codec.encode(Bytes::from_static(b"abc"), &mut buf).unwrap();
+        assert_eq!(&buf[..], b"\0\0\0\0\0\0\0\x03abc");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "abc");
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+    }
+
+    #[test]
+    fn eof_in_the_middle_of_a_length_frame_is_an_error() {
+        let mut codec = BytesCodec::length(16);
+        let mut buf = BytesMut::from(&b"\0\0\0\x05ab"[..]);
+        let err = codec.decode_eof(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
+    }
+}

@@ -1,0 +1,168 @@
+//! Framing: how the bytes of a connection become frames, and frames bytes.
+//!
+//! A server reads requests and writes replies as frames; a client does the
+//! reverse. Both sides of a connection must use the same framing. The
+//! built-in framings carry frames as [`Bytes`]:
+//!
+//! **Length-delimited** ([`Framing::LengthDelimited`], the default): each frame
+//! is a 4-byte big-endian length, then that many bytes. This is
+//! [`LengthDelimitedCodec`]'s default wire format, so any tokio-util client
+//! speaks it. It is correct at any size, on sockets and on pipes in byte or
+//! message mode.
+//!
+//! ```text
+//! +---- len: u32 BE ----+---------- payload ----------+
+//! | 0x00 0x00 0x00 0x0B | h e l l o   w o r l d       |
+//! +---------------------+-----------------------------+
+//! ```
+//!
+//! **Lines** ([`Framing::Lines`]): each frame is the bytes up to a `\n`; a
+//! trailing `\r` is dropped on read, replies get a `\n` appended. The line
+//! length (without the newline) is bounded by the maximum frame length.
+//!
+//! ```text
+//! h e l l o \n w o r l d \r \n
+//! ```
+//!
+//! **Pipe messages** ([`Framing::Message`], Windows only): the pipe runs in
+//! message mode and one pipe message is one frame, as in Microsoft's
+//! overlapped server sample.
+//!
+//! ```text
+//! WriteFile("hello")  ->  [message: h e l l o]  ->  one frame "hello"
+//! ```
+//!
+//! A message frame is at most [`MAX_MESSAGE_LEN`] (4 KiB - 1) bytes, and
+//! empty messages are not frames. tokio's pipes (mio underneath) keep one
+//! overlapped read in flight into their own buffer and swallow
+//! `ERROR_MORE_DATA`, so a message longer than that read is split across reads
+//! without a trace. The first read on a new instance is 4 KiB; pipeserve reads
+//! messages through a 4 KiB window and treats a read that fills it as "frame
+//! too large", which closes that connection. Nothing is ever silently split
+//! or merged. An empty message reads as 0 bytes, which is end-of-stream to
+//! tokio, so an empty reply is refused before it is written. Use
+//! length-delimited framing (which works in message mode too) for larger
+//! frames.
+//!
+//! **Your own codec**: any tokio-util [`Decoder`] + [`Encoder`], through
+//! [`Codec`] (the server's and client's `codec` setters). Your codec enforces
+//! its own limits.
+
+mod builtin;
+mod line;
+mod message;
+mod transport;
+
+use std::{error::Error as StdError, fmt, io};
+
+pub use bytes::Bytes;
+pub use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+pub use builtin::{BuiltinFraming, BuiltinTransport};
+pub use line::LineCodec;
+pub use message::MessageTransport;
+pub use transport::{Codec, CodecTransport, MakeTransport, Transport};
+
+/// The default maximum frame length: 8 MiB, as tokio-util's
+/// [`LengthDelimitedCodec`].
+pub const DEFAULT_MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
+
+/// The largest frame that [`Framing::Message`] carries: 4 KiB - 1 bytes.
+///
+/// Messages are read through a 4 KiB window; one that fills it may have been
+/// cut by the read, so it is refused. See the [module docs](self).
+pub const MAX_MESSAGE_LEN: usize = MESSAGE_WINDOW - 1;
+
+/// The read window of message framing: mio's first read on a new pipe
+/// instance.
+pub(crate) const MESSAGE_WINDOW: usize = 4096;
+
+/// The built-in framings. All carry frames as [`Bytes`].
+///
+/// See the [module docs](self) for each wire format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Framing {
+    /// A 4-byte big-endian length, then the payload (the default).
+    #[default]
+    LengthDelimited,
+    /// One pipe message is one frame, up to [`MAX_MESSAGE_LEN`] bytes. Windows
+    /// named pipes only: on Unix, binding or connecting with it fails with
+    /// [`Error::is_config`](crate::Error::is_config).
+    Message,
+    /// `\n`-terminated lines (a trailing `\r` is dropped).
+    Lines,
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Framing::LengthDelimited => "length-delimited",
+            Framing::Message => "message",
+            Framing::Lines => "lines",
+        })
+    }
+}
+
+/// The marker inside the [`io::Error`] (kind `InvalidData`) of a frame over
+/// the limit.
+#[derive(Debug)]
+struct FrameTooLarge {
+    /// The frame's length, or a lower bound when the frame was not read whole.
+    len: u64,
+    at_least: bool,
+    max: usize,
+}
+
+impl fmt::Display for FrameTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at_least = if self.at_least { "at least " } else { "" };
+        write!(
+            f,
+            "frame of {at_least}{} bytes is over the limit of {} bytes",
+            self.len, self.max
+        )
+    }
+}
+
+impl StdError for FrameTooLarge {}
+
+/// An `InvalidData` error for a frame of `len` bytes over `max`.
+pub(crate) fn frame_too_large(len: u64, max: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        FrameTooLarge {
+            len,
+            at_least: false,
+            max,
+        },
+    )
+}
+
+/// An `InvalidData` error for a frame of at least `len` bytes over `max`.
+pub(crate) fn frame_at_least(len: u64, max: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        FrameTooLarge {
+            len,
+            at_least: true,
+            max,
+        },
+    )
+}
+
+/// Whether `e` is a frame over the limit: ours, or one of tokio-util's codecs'.
+pub(crate) fn is_frame_too_large(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| {
+        inner.is::<FrameTooLarge>()
+            || inner.is::<tokio_util::codec::LengthDelimitedCodecError>()
+            || matches!(
+                inner.downcast_ref::<tokio_util::codec::LinesCodecError>(),
+                Some(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded)
+            )
+            || matches!(
+                inner.downcast_ref::<tokio_util::codec::AnyDelimiterCodecError>(),
+                Some(tokio_util::codec::AnyDelimiterCodecError::MaxChunkLengthExceeded)
+            )
+    })
+}

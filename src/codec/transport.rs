@@ -1,0 +1,175 @@
+//! The seam between a byte stream and frames: `MakeTransport` turns any
+//! `AsyncRead + AsyncWrite` into a stream of frames in and a sink of frames out.
+
+use std::{
+    fmt, io,
+    marker::PhantomData,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::codec::{Decoder, Encoder, Framed};
+
+use crate::error::{into_io, BoxError};
+
+/// How a connection's bytes become frames.
+///
+/// Implemented by [`BuiltinFraming`](super::BuiltinFraming) (what
+/// [`Framing`](super::Framing) selects) and by [`Codec`] (your own tokio-util
+/// codec). On a server `In` are the requests and `Out` the replies; on a
+/// client the other way round. This trait is sealed: its methods are
+/// pipeserve's business.
+pub trait MakeTransport: Clone + Send + Sync + 'static + private::Sealed {
+    /// The frames read.
+    type In: Send + 'static;
+    /// The frames written.
+    type Out: Send + 'static;
+
+    #[doc(hidden)]
+    type Transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>: Transport<
+        Io,
+        Self::In,
+        Self::Out,
+    >;
+
+    #[doc(hidden)]
+    fn transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        io: Io,
+    ) -> Self::Transport<Io>;
+
+    /// Whether the framing needs a message-mode pipe.
+    #[doc(hidden)]
+    fn message_mode(&self) -> bool {
+        false
+    }
+}
+
+/// A framed connection: frames in, frames out, and the I/O object back at the
+/// end (to wait for the peer's EOF before disconnecting).
+pub trait Transport<Io, In, Out>:
+    Stream<Item = io::Result<In>> + Sink<Out, Error = io::Error> + Unpin + Send
+{
+    /// Gives back the I/O object. Bytes buffered but not decoded are dropped.
+    fn into_io(self) -> Io;
+}
+
+pub(crate) mod private {
+    pub trait Sealed {}
+}
+
+/// Your own tokio-util codec as a framing, writing frames of type `Out`.
+///
+/// The codec decodes the frames read and encodes the frames written; its
+/// errors end the connection. Any [`Decoder`] + [`Encoder`] works, including
+/// tokio-util's (`LinesCodec`, `LengthDelimitedCodec` with your settings) and
+/// typed codecs of your own. You rarely name this type: the `codec` setters
+/// of the server and client builders make it, and `Out` is inferred from the
+/// service.
+pub struct Codec<C, Out>(C, PhantomData<fn(Out)>);
+
+impl<C, Out> Codec<C, Out> {
+    /// Wraps a codec.
+    pub fn new(codec: C) -> Self {
+        Codec(codec, PhantomData)
+    }
+
+    /// The codec.
+    pub fn into_inner(self) -> C {
+        self.0
+    }
+}
+
+impl<C: Clone, Out> Clone for Codec<C, Out> {
+    fn clone(&self) -> Self {
+        Codec(self.0.clone(), PhantomData)
+    }
+}
+
+impl<C, Out> fmt::Debug for Codec<C, Out> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Codec")
+            .field(&std::any::type_name::<C>())
+            .finish()
+    }
+}
+
+impl<C, Out> private::Sealed for Codec<C, Out> {}
+
+impl<C, Out> MakeTransport for Codec<C, Out>
+where
+    C: Decoder + Encoder<Out> + Clone + Send + Sync + Unpin + 'static,
+    C::Item: Send + 'static,
+    Out: Send + 'static,
+    <C as Decoder>::Error: Into<BoxError>,
+    <C as Encoder<Out>>::Error: Into<BoxError>,
+{
+    type In = C::Item;
+    type Out = Out;
+    type Transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> = CodecTransport<Io, C>;
+
+    fn transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        io: Io,
+    ) -> CodecTransport<Io, C> {
+        CodecTransport(Framed::new(io, self.0.clone()))
+    }
+}
+
+/// A [`Framed`] whose errors are [`io::Error`]s.
+#[derive(Debug)]
+pub struct CodecTransport<Io, C>(pub(super) Framed<Io, C>);
+
+impl<Io, C> Stream for CodecTransport<Io, C>
+where
+    Io: AsyncRead + Unpin,
+    C: Decoder + Unpin,
+    C::Error: Into<BoxError>,
+{
+    type Item = io::Result<C::Item>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0)
+            .poll_next(cx)
+            .map(|frame| frame.map(|r| r.map_err(into_io)))
+    }
+}
+
+impl<Io, C, Out> Sink<Out> for CodecTransport<Io, C>
+where
+    Io: AsyncWrite + Unpin,
+    C: Encoder<Out> + Unpin,
+    C::Error: Into<BoxError>,
+{
+    type Error = io::Error;
+
+    fn poll_ready(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_ready(cx).map_err(into_io)
+    }
+
+    fn start_send(mut self: Pin<&mut Self>, item: Out) -> io::Result<()> {
+        Pin::new(&mut self.0).start_send(item).map_err(into_io)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx).map_err(into_io)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_close(cx).map_err(into_io)
+    }
+}
+
+impl<Io, C, In, Out> Transport<Io, In, Out> for CodecTransport<Io, C>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send,
+    C: Decoder<Item = In> + Encoder<Out> + Unpin + Send,
+    <C as Decoder>::Error: Into<BoxError>,
+    <C as Encoder<Out>>::Error: Into<BoxError>,
+{
+    fn into_io(self) -> Io {
+        self.0.into_inner()
+    }
+}

@@ -1,0 +1,520 @@
+//! The server: a builder, the instance pool, and the `serve*` entry points.
+
+mod conn;
+mod info;
+pub(crate) mod pool;
+mod summary;
+
+use std::{fmt, future::Future, sync::Arc, time::Duration};
+
+use tokio::{task::JoinSet, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tower_service::Service;
+use tracing::{error, info};
+
+pub use info::ConnectionInfo;
+pub use summary::Summary;
+
+use self::{
+    conn::ConnConfig,
+    pool::{CloneService, MakeConnService, MakeWith, Shared},
+};
+use crate::{
+    codec::{BuiltinFraming, Codec, Framing, MakeTransport, DEFAULT_MAX_FRAME_LEN},
+    error::BoxError,
+    sys, Address, Error,
+};
+
+/// The most instances a pipe name can have (255 means "unlimited" to
+/// Windows).
+pub const MAX_INSTANCES: usize = 254;
+
+/// Whether a Windows pipe carries a byte stream or messages.
+///
+/// Maps to `PIPE_TYPE_BYTE` / `PIPE_TYPE_MESSAGE` (with the matching read
+/// mode) in `CreateNamedPipe`. [`Framing::Message`] needs message mode and
+/// selects it; length-delimited and line framing work in either mode.
+/// Ignored on Unix.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PipeMode {
+    /// A byte stream (the default).
+    #[default]
+    Byte,
+    /// Each write is a message.
+    Message,
+}
+
+/// What `sys::bind` needs to create the listening side.
+#[derive(Clone, Debug)]
+pub(crate) struct ListenOptions {
+    pub(crate) instances: usize,
+    pub(crate) message_mode: bool,
+    pub(crate) in_buffer_size: u32,
+    pub(crate) out_buffer_size: u32,
+    pub(crate) reject_remote_clients: bool,
+    pub(crate) first_pipe_instance: bool,
+}
+
+/// Builds a [`Server`]: every option, then [`bind`](Builder::bind).
+///
+/// `F` is the framing: [`BuiltinFraming`] (set with
+/// [`framing`](Builder::framing)) or [`Codec`] (set with
+/// [`codec`](Builder::codec)).
+#[must_use = "a builder does nothing until `bind` is called"]
+pub struct Builder<F = BuiltinFraming> {
+    framing: F,
+    framing_kind: Framing,
+    max_frame_len: usize,
+    listen: ListenOptions,
+    pipe_mode: Option<PipeMode>,
+    conn: ConnConfig,
+    drain_timeout: Duration,
+}
+
+impl<F> fmt::Debug for Builder<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("framing", &self.framing_kind)
+            .field("max_frame_len", &self.max_frame_len)
+            .field("listen", &self.listen)
+            .field("pipe_mode", &self.pipe_mode)
+            .field("conn", &self.conn)
+            .field("drain_timeout", &self.drain_timeout)
+            .finish()
+    }
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            framing: BuiltinFraming::new(Framing::LengthDelimited, DEFAULT_MAX_FRAME_LEN),
+            framing_kind: Framing::LengthDelimited,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            listen: ListenOptions {
+                instances: 4,
+                message_mode: false,
+                in_buffer_size: 65536,
+                out_buffer_size: 65536,
+                reject_remote_clients: true,
+                first_pipe_instance: true,
+            },
+            pipe_mode: None,
+            conn: ConnConfig {
+                pipeline_depth: 16,
+                concurrent: false,
+                linger: Duration::from_secs(2),
+                idle_timeout: None,
+                write_timeout: None,
+            },
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Builder {
+    /// Sets the built-in framing (default: length-delimited). See
+    /// [`codec`](crate::codec) for the wire formats.
+    pub fn framing(mut self, framing: Framing) -> Self {
+        self.framing_kind = framing;
+        self.framing = BuiltinFraming::new(framing, self.max_frame_len);
+        self
+    }
+
+    /// Sets the maximum frame length in bytes, for requests and replies
+    /// (default: 8 MiB). A longer frame ends its connection. The limit is
+    /// checked before anything is allocated for the frame. Message framing
+    /// caps it at [`MAX_MESSAGE_LEN`](crate::codec::MAX_MESSAGE_LEN).
+    pub fn max_frame_len(mut self, bytes: usize) -> Self {
+        self.max_frame_len = bytes;
+        self.framing = BuiltinFraming::new(self.framing_kind, bytes);
+        self
+    }
+
+    /// Frames with your own tokio-util codec instead of a built-in framing:
+    /// requests are its `Decoder::Item`, replies anything it can encode.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use tokio_util::codec::LinesCodec;
+    ///
+    /// let builder = pipeserve::Server::builder().codec(LinesCodec::new_with_max_length(1024));
+    /// # let _: pipeserve::server::Builder<pipeserve::codec::Codec<LinesCodec, String>> = builder;
+    /// ```
+    pub fn codec<C, Out>(self, codec: C) -> Builder<Codec<C, Out>> {
+        Builder {
+            framing: Codec::new(codec),
+            framing_kind: self.framing_kind,
+            max_frame_len: self.max_frame_len,
+            listen: self.listen,
+            pipe_mode: self.pipe_mode,
+            conn: self.conn,
+            drain_timeout: self.drain_timeout,
+        }
+    }
+}
+
+impl<F: MakeTransport> Builder<F> {
+    /// Sets the number of pipe instances: how many clients are served at once
+    /// (default: 4).
+    ///
+    /// On Windows this many instances are created by [`bind`](Builder::bind)
+    /// and each is reused client after client, so this many clients can
+    /// connect at the same moment without `ERROR_PIPE_BUSY`. It is also
+    /// `nMaxInstances` of `CreateNamedPipe`: 1 to 254. On Unix it bounds the
+    /// connections served at once; further clients wait in the listen backlog.
+    pub fn instances(mut self, n: usize) -> Self {
+        self.listen.instances = n;
+        self
+    }
+
+    /// Sets the Windows pipe mode (default: byte, or message with
+    /// [`Framing::Message`]).
+    pub fn pipe_mode(mut self, mode: PipeMode) -> Self {
+        self.pipe_mode = Some(mode);
+        self
+    }
+
+    /// Sets the pipe's input buffer size in bytes (`nInBufferSize`; default
+    /// 65536). Windows only. A size the system treats as advisory.
+    pub fn in_buffer_size(mut self, bytes: u32) -> Self {
+        self.listen.in_buffer_size = bytes;
+        self
+    }
+
+    /// Sets the pipe's output buffer size in bytes (`nOutBufferSize`;
+    /// default 65536). Windows only.
+    pub fn out_buffer_size(mut self, bytes: u32) -> Self {
+        self.listen.out_buffer_size = bytes;
+        self
+    }
+
+    /// Whether to refuse clients from other machines
+    /// (`PIPE_REJECT_REMOTE_CLIENTS`; default: true). Windows only.
+    pub fn reject_remote_clients(mut self, reject: bool) -> Self {
+        self.listen.reject_remote_clients = reject;
+        self
+    }
+
+    /// Whether the first instance is created with
+    /// `FILE_FLAG_FIRST_PIPE_INSTANCE` (default: true), so that `bind` fails
+    /// if another process already holds the name, instead of serving
+    /// alongside a squatter. Windows only.
+    pub fn first_pipe_instance(mut self, first: bool) -> Self {
+        self.listen.first_pipe_instance = first;
+        self
+    }
+
+    /// Sets how many requests of one connection may be read and not yet
+    /// answered (default: 16). Replies are always written in request order.
+    /// 1 is the strict read -> reply -> write loop.
+    pub fn pipeline_depth(mut self, depth: usize) -> Self {
+        self.conn.pipeline_depth = depth;
+        self
+    }
+
+    /// Whether a connection's pipelined requests may run in the service
+    /// concurrently (default: false: one call at a time per connection).
+    pub fn concurrent_requests(mut self, concurrent: bool) -> Self {
+        self.conn.concurrent = concurrent;
+        self
+    }
+
+    /// Sets how long the server waits, after it ended a connection (bad
+    /// frame, service error, shutdown), for the client to read the replies
+    /// already written and close (default: 2 s). Pipes are never
+    /// disconnected before that: `DisconnectNamedPipe` would throw the unread
+    /// replies away.
+    pub fn linger(mut self, timeout: Duration) -> Self {
+        self.conn.linger = timeout;
+        self
+    }
+
+    /// Closes a connection whose client sent nothing for `timeout` while no
+    /// request was in flight (default: none).
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.conn.idle_timeout = timeout;
+        self
+    }
+
+    /// Closes a connection whose client has not read its replies for
+    /// `timeout`, so a client that never reads holds no more memory than its
+    /// pipeline (default: none).
+    pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.conn.write_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a graceful shutdown waits for connections to finish
+    /// (default: 10 s); connections still open then are closed.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Creates every pipe instance (binds the socket) now, and returns the
+    /// server ready to [`serve`](Server::serve).
+    ///
+    /// `name` is a portable name or a full path (see [`Address`]).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::is_config`]: an invalid name or option (instances not in
+    ///   1..=254, message framing on Unix or with byte mode);
+    /// - [`Error::is_addr_in_use`]: another server holds the name (on Windows
+    ///   detected with `first_pipe_instance`, which Wine does not enforce);
+    /// - [`Error::is_bind`]: creating an instance or the socket failed.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime: pipes and sockets register with its reactor.
+    pub fn bind(self, name: &str) -> Result<Server<F>, Error> {
+        let address = Address::new(name)?;
+        let mut listen = self.listen.clone();
+        if !(1..=MAX_INSTANCES).contains(&listen.instances) {
+            return Err(Error::config(format!(
+                "instances must be 1 to {MAX_INSTANCES}, got {}",
+                listen.instances
+            )));
+        }
+        if self.conn.pipeline_depth == 0 {
+            return Err(Error::config("pipeline_depth must be at least 1"));
+        }
+        let needs_message = self.framing.message_mode();
+        if needs_message && !sys::MESSAGE_PIPES {
+            return Err(Error::config(
+                "message framing needs a windows named pipe; use length-delimited framing on unix",
+            ));
+        }
+        listen.message_mode = match self.pipe_mode {
+            Some(PipeMode::Byte) if needs_message => {
+                return Err(Error::config(
+                    "message framing needs pipe_mode(Message), not Byte",
+                ));
+            }
+            Some(mode) => mode == PipeMode::Message,
+            None => needs_message,
+        };
+        let slots = sys::bind(address.as_path(), &listen)?;
+        info!(address = %address, instances = listen.instances, "listening");
+        Ok(Server {
+            address,
+            slots,
+            framing: self.framing,
+            conn: self.conn,
+            drain_timeout: self.drain_timeout,
+        })
+    }
+}
+
+/// A bound server: its pipe instances exist (its socket listens); serving
+/// starts with one of the `serve*` methods.
+///
+/// # Examples
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use std::convert::Infallible;
+///
+/// # async fn run() -> Result<(), pipeserve::Error> {
+/// let server = pipeserve::Server::builder().instances(8).bind("myapp")?;
+/// println!("listening on {}", server.local_addr());
+/// server
+///     .serve(tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) }))
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub struct Server<F = BuiltinFraming> {
+    address: Address,
+    slots: Vec<sys::Slot>,
+    framing: F,
+    conn: ConnConfig,
+    drain_timeout: Duration,
+}
+
+impl<F> fmt::Debug for Server<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("address", &self.address)
+            .field("instances", &self.slots.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A builder with the defaults: 4 instances, length-delimited framing,
+    /// 8 MiB frames, remote clients rejected, squatting protection on.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+}
+
+impl<F: MakeTransport> Server<F> {
+    /// Where the server listens: the full pipe path or the socket path.
+    pub fn local_addr(&self) -> &Address {
+        &self.address
+    }
+
+    /// Serves every connection with a clone of `svc`, until the future is
+    /// dropped.
+    ///
+    /// # Errors
+    ///
+    /// None today: errors of a connection or an instance are logged and
+    /// handled, never the end of the server. The `Result` leaves room for
+    /// errors that would be.
+    pub async fn serve<S>(self, svc: S) -> Result<Summary, Error>
+    where
+        S: Service<F::In, Response = F::Out> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError> + Send,
+    {
+        self.run(CloneService(svc), std::future::pending()).await
+    }
+
+    /// Serves like [`serve`](Server::serve) until `signal` completes, then
+    /// shuts down gracefully and returns what it did.
+    ///
+    /// On the signal the server stops accepting and stops reading new
+    /// frames; every request already read is answered and its reply written;
+    /// the server waits for clients to read and close, up to the drain
+    /// timeout, then closes what remains ([`Summary::cut`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Server::serve).
+    pub async fn serve_with_shutdown<S, G>(self, svc: S, signal: G) -> Result<Summary, Error>
+    where
+        S: Service<F::In, Response = F::Out> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError> + Send,
+        G: Future<Output = ()> + Send,
+    {
+        self.run(CloneService(svc), signal).await
+    }
+
+    /// Serves every connection with its own service, made by `make` from the
+    /// connection's [`ConnectionInfo`] (a tower `MakeService`). If `make`
+    /// fails, that connection is closed.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use bytes::Bytes;
+    /// use pipeserve::ConnectionInfo;
+    /// use std::convert::Infallible;
+    /// use tower::service_fn;
+    ///
+    /// # async fn run(server: pipeserve::Server) -> Result<(), pipeserve::Error> {
+    /// server
+    ///     .serve_make(service_fn(|info: ConnectionInfo| async move {
+    ///         Ok::<_, Infallible>(service_fn(move |_req: Bytes| {
+    ///             let who = format!("client pid {:?} on instance {}", info.client_pid(), info.instance());
+    ///             async move { Ok::<_, Infallible>(Bytes::from(who)) }
+    ///         }))
+    ///     }))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Server::serve).
+    pub async fn serve_make<M, S>(self, make: M) -> Result<Summary, Error>
+    where
+        M: Service<ConnectionInfo, Response = S> + Clone + Send + 'static,
+        M::Future: Send,
+        M::Error: Into<BoxError>,
+        S: Service<F::In, Response = F::Out> + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError> + Send,
+    {
+        self.run(MakeWith(make), std::future::pending()).await
+    }
+
+    /// [`serve_make`](Server::serve_make) with a graceful shutdown on
+    /// `signal`, as [`serve_with_shutdown`](Server::serve_with_shutdown).
+    ///
+    /// # Errors
+    ///
+    /// As [`serve`](Server::serve).
+    pub async fn serve_make_with_shutdown<M, S, G>(
+        self,
+        make: M,
+        signal: G,
+    ) -> Result<Summary, Error>
+    where
+        M: Service<ConnectionInfo, Response = S> + Clone + Send + 'static,
+        M::Future: Send,
+        M::Error: Into<BoxError>,
+        S: Service<F::In, Response = F::Out> + Send + 'static,
+        S::Future: Send,
+        S::Error: Into<BoxError> + Send,
+        G: Future<Output = ()> + Send,
+    {
+        self.run(MakeWith(make), signal).await
+    }
+
+    async fn run<M, G>(self, make: M, signal: G) -> Result<Summary, Error>
+    where
+        M: MakeConnService<F::In>,
+        M::Service: Service<F::In, Response = F::Out>,
+        <M::Service as Service<F::In>>::Future: Send,
+        <M::Service as Service<F::In>>::Error: Into<BoxError> + Send,
+        G: Future<Output = ()> + Send,
+    {
+        let shared = Arc::new(Shared {
+            framing: self.framing,
+            conn: self.conn,
+            shutdown: CancellationToken::new(),
+            counters: Default::default(),
+            next_id: Default::default(),
+        });
+        // Dropping the serve future drops the set, which aborts every task.
+        let mut tasks = JoinSet::new();
+        for (index, slot) in self.slots.into_iter().enumerate() {
+            tasks.spawn(pool::run_instance(
+                slot,
+                index,
+                make.clone(),
+                shared.clone(),
+            ));
+        }
+
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                () = &mut signal => break,
+                Some(done) = tasks.join_next() => {
+                    // Instances run until shutdown; only a bug ends one early.
+                    if let Err(e) = done {
+                        error!(error = %e, "an instance task ended unexpectedly");
+                    }
+                }
+            }
+        }
+
+        info!(address = %self.address, "shutting down");
+        shared.shutdown.cancel();
+        let deadline = Instant::now() + self.drain_timeout;
+        let mut cut = 0;
+        loop {
+            tokio::select! {
+                done = tasks.join_next() => if done.is_none() { break },
+                () = tokio::time::sleep_until(deadline) => {
+                    cut = shared.counters.active.load(std::sync::atomic::Ordering::Relaxed);
+                    tasks.shutdown().await;
+                    break;
+                }
+            }
+        }
+        let summary = shared.counters.summary(cut);
+        info!(
+            connections = summary.connections,
+            requests = summary.requests,
+            cut = summary.cut,
+            "shut down"
+        );
+        Ok(summary)
+    }
+}

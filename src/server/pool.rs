@@ -1,0 +1,210 @@
+//! The instance pool: one task per pipe instance (socket slot), each running
+//! connect -> serve -> disconnect for client after client.
+//!
+//! The seed's single thread waited on all instances' events with
+//! `WaitForMultipleObjects` (at most 64) and exited on any error. Here every
+//! instance is its own tokio task on the IOCP (or epoll/kqueue) reactor, so
+//! the pool scales to 254 instances, tasks are scheduled fairly, and an
+//! error ends only that connection. An instance whose handle fails is
+//! replaced after a backoff.
+
+use std::{
+    future::Future,
+    io,
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::Duration,
+};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+use tower_service::Service;
+use tracing::{debug, trace, warn, Instrument};
+
+use super::{
+    conn::{self, ConnConfig},
+    summary::Counters,
+    ConnectionInfo,
+};
+use crate::{
+    codec::{MakeTransport, Transport},
+    error::BoxError,
+};
+
+/// One pipe instance (Windows) or accept slot (Unix): where connections come
+/// from. Implemented in `sys`.
+pub(crate) trait Slot: Send + 'static {
+    /// A connected client.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Waits for the next client; returns it with its process id. Cancel
+    /// safe.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, Option<u32>)>> + Send;
+
+    /// Takes a finished connection back: disconnects the client, readying
+    /// the instance for the next one.
+    fn release(&mut self, io: Self::Io) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Replaces the instance after a failure.
+    fn recover(&mut self) -> io::Result<()>;
+}
+
+/// Makes the service for each connection.
+pub(crate) trait MakeConnService<Req>: Clone + Send + 'static {
+    type Service: Service<Req> + Send + 'static;
+
+    fn make(
+        &mut self,
+        info: &ConnectionInfo,
+    ) -> impl Future<Output = Result<Self::Service, BoxError>> + Send;
+}
+
+/// Every connection gets a clone of one service.
+#[derive(Clone)]
+pub(crate) struct CloneService<S>(pub(crate) S);
+
+impl<S, Req> MakeConnService<Req> for CloneService<S>
+where
+    S: Service<Req> + Clone + Send + 'static,
+{
+    type Service = S;
+
+    async fn make(&mut self, _: &ConnectionInfo) -> Result<S, BoxError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Every connection gets a service made by a tower `MakeService` from its
+/// [`ConnectionInfo`].
+#[derive(Clone)]
+pub(crate) struct MakeWith<M>(pub(crate) M);
+
+impl<M, S, Req> MakeConnService<Req> for MakeWith<M>
+where
+    M: Service<ConnectionInfo, Response = S> + Clone + Send + 'static,
+    M::Future: Send,
+    M::Error: Into<BoxError>,
+    S: Service<Req> + Send + 'static,
+{
+    type Service = S;
+
+    async fn make(&mut self, info: &ConnectionInfo) -> Result<S, BoxError> {
+        self.0
+            .clone()
+            .oneshot(info.clone())
+            .await
+            .map_err(Into::into)
+    }
+}
+
+/// What all instance tasks of a server share.
+pub(crate) struct Shared<F> {
+    pub(crate) framing: F,
+    pub(crate) conn: ConnConfig,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) counters: Counters,
+    pub(crate) next_id: AtomicU64,
+}
+
+/// Exponential backoff for a failing instance: 10 ms doubling to 1 s.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Self::MAX);
+        d
+    }
+}
+
+/// Runs one instance until shutdown: connect, serve, disconnect, repeat.
+pub(crate) async fn run_instance<L, F, M>(
+    mut slot: L,
+    index: usize,
+    mut make: M,
+    shared: Arc<Shared<F>>,
+) where
+    L: Slot,
+    F: MakeTransport,
+    M: MakeConnService<F::In>,
+    <M::Service as Service<F::In>>::Future: Send,
+    <M::Service as Service<F::In>>::Error: Into<BoxError> + Send,
+    M::Service: Service<F::In, Response = F::Out>,
+{
+    let mut backoff = Backoff(Backoff::FIRST);
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => return,
+            accepted = slot.accept() => accepted,
+        };
+        let (io, pid) = match accepted {
+            Ok(accepted) => {
+                backoff = Backoff(Backoff::FIRST);
+                accepted
+            }
+            Err(e) => {
+                let delay = backoff.next();
+                warn!(instance = index, error = %e, ?delay, "instance failed to accept a client; replacing it");
+                tokio::select! {
+                    _ = shared.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                if let Err(e) = slot.recover() {
+                    warn!(instance = index, error = %e, "replacing the instance failed; will retry");
+                }
+                continue;
+            }
+        };
+        let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, pid);
+        let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid = pid);
+        let io = serve_one(io, info, &mut make, &shared)
+            .instrument(span)
+            .await;
+        if let Err(e) = slot.release(io).await {
+            warn!(instance = index, error = %e, "disconnecting the client failed; replacing the instance");
+            if let Err(e) = slot.recover() {
+                warn!(instance = index, error = %e, "replacing the instance failed; will retry");
+            }
+        }
+    }
+}
+
+/// Serves one client and returns the I/O object for disconnecting.
+async fn serve_one<Io, F, M>(io: Io, info: ConnectionInfo, make: &mut M, shared: &Shared<F>) -> Io
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: MakeTransport,
+    M: MakeConnService<F::In>,
+    M::Service: Service<F::In, Response = F::Out>,
+    <M::Service as Service<F::In>>::Error: Into<BoxError> + Send,
+{
+    let _active = shared.counters.open();
+    trace!("client connected");
+    let svc = match make.make(&info).await {
+        Ok(svc) => svc,
+        Err(e) => {
+            debug!(error = %e, "making the connection's service failed; closing");
+            return io;
+        }
+    };
+    let mut transport = shared.framing.transport(io);
+    let end = conn::dispatch(&mut transport, svc, &shared.conn, &shared.shutdown, || {
+        shared.counters.requests.fetch_add(1, Relaxed);
+    })
+    .await;
+    let mut io = transport.into_io();
+    let closed = conn::close(&mut io, &end, shared.conn.linger).await;
+    if end.is_clean() {
+        trace!(reason = %end, "client disconnected");
+    } else {
+        debug!(reason = %end, client_closed = closed, "connection closed");
+    }
+    io
+}
