@@ -6,7 +6,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
@@ -107,18 +107,13 @@ impl Decoder for BytesCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
         match self {
-            BytesCodec::Length { inner, max } => {
-                // The length is checked before anything is reserved for the
-                // frame; reported here with the length, tokio-util would say
-                // only "frame size too big".
-                if src.len() >= 4 {
-                    let len = (&src[..4]).get_u32() as u64;
-                    if len > *max as u64 {
-                        return Err(super::frame_too_large(len, *max));
-                    }
-                }
-                Ok(inner.decode(src)?.map(BytesMut::freeze))
-            }
+            // tokio-util checks the length against the limit before it
+            // reserves anything for the frame.
+            BytesCodec::Length { inner, max } => match inner.decode(src) {
+                Ok(frame) => Ok(frame.map(BytesMut::freeze)),
+                Err(e) if super::is_frame_too_large(&e) => Err(super::frame_over(*max)),
+                Err(e) => Err(e),
+            },
             BytesCodec::Lines(lines) => lines.decode(src),
         }
     }
@@ -232,8 +227,18 @@ mod tests {
         let cap = buf.capacity();
         let err = codec.decode(&mut buf).unwrap_err();
         assert!(super::super::is_frame_too_large(&err));
-        assert!(err.to_string().contains("4294967295"), "{err}");
+        assert!(err.to_string().contains("1024"), "{err}");
         assert_eq!(buf.capacity(), cap);
+    }
+
+    #[test]
+    fn a_frame_split_across_reads_decodes_once_whole() {
+        let mut codec = BytesCodec::length(1024);
+        let mut buf = BytesMut::from(&b"\0\0\0\x05ab"[..]);
+        assert!(codec.decode(&mut buf).unwrap().is_none());
+        buf.extend_from_slice(b"cde\0\0\0\x01z");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "abcde");
+        assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "z");
     }
 
     #[test]

@@ -1,0 +1,122 @@
+//! Windows-only behaviour: message framing on message-mode pipes.
+#![cfg(windows)]
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use pipeserve::{codec::Framing, Client, PipeMode, Server};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::windows::named_pipe::{ClientOptions, PipeMode as TokioPipeMode},
+};
+
+fn message_server(tag: &str) -> Running {
+    start_echo(
+        tag,
+        Server::builder().instances(1).framing(Framing::Message).linger(Duration::from_millis(200)),
+    )
+}
+
+async fn message_client(name: &str) -> Client {
+    Client::builder().framing(Framing::Message).connect(name).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_frames_up_to_4095_bytes_round_trip_on_a_fresh_and_a_reused_instance() {
+    within(60, async {
+        let server = message_server("msg-sizes");
+        // The first client of a new instance: mio's first read is 4 KiB.
+        let first = message_client(&server.name).await;
+        let big = payload(1, 4095);
+        assert_eq!(first.call(big.clone()).await.unwrap(), big);
+        for size in [1, 100, 4094, 4095] {
+            let req = payload(size as u8, size);
+            assert_eq!(first.call(req.clone()).await.unwrap(), req);
+        }
+        drop(first);
+        // The same instance, reused.
+        let second = message_client(&server.name).await;
+        assert_eq!(second.call(big.clone()).await.unwrap(), big);
+        drop(second);
+        assert_eq!(server.stop().await.connections, 2);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_of_4096_bytes_or_more_is_too_large_on_a_fresh_and_a_reused_instance() {
+    within(60, async {
+        for size in [4096, 5000, 100_000] {
+            let server = message_server("msg-over");
+            // Fresh instance, first read.
+            let client = message_client(&server.name).await;
+            let err = client.call(payload(3, size)).await.unwrap_err();
+            assert!(err.is_closed(), "{size} bytes on a fresh instance: {err}");
+            drop(client);
+            // Reused instance: a good call first, then the long one.
+            let client = message_client(&server.name).await;
+            assert_eq!(client.call(Bytes::from("ok")).await.unwrap(), "ok");
+            let err = client.call(payload(4, size)).await.unwrap_err();
+            assert!(err.is_closed(), "{size} bytes on a reused instance: {err}");
+            drop(client);
+            // And the instance serves the next client.
+            let client = message_client(&server.name).await;
+            assert_eq!(client.call(Bytes::from("after")).await.unwrap(), "after");
+            drop(client);
+            server.stop().await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_message_is_one_frame_and_each_reply_one_message() {
+    within(60, async {
+        let server = message_server("msg-boundaries");
+        let address = pipeserve::Address::new(&server.name).unwrap();
+        let mut pipe = ClientOptions::new()
+            .pipe_mode(TokioPipeMode::Message)
+            .open(address.as_path())
+            .unwrap();
+        // Three messages back to back: never merged into one frame.
+        for m in ["one", "two", "three"] {
+            pipe.write_all(m.as_bytes()).await.unwrap();
+        }
+        let mut buf = vec![0u8; 4096];
+        for m in ["one", "two", "three"] {
+            let n = pipe.read(&mut buf).await.unwrap();
+            assert_eq!(&buf[..n], m.as_bytes(), "one read, one whole reply message");
+        }
+        drop(pipe);
+        server.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn length_delimited_framing_is_exact_on_a_message_mode_pipe() {
+    within(60, async {
+        let server = start_echo("len-in-msg", Server::builder().instances(1).pipe_mode(PipeMode::Message));
+        let client = Client::connect(&server.name).await.unwrap();
+        for size in [0, 4095, 4096, 65537, 100_000, 1 << 20] {
+            let req = payload(5, size);
+            assert!(client.call(req.clone()).await.unwrap() == req, "{size} bytes");
+        }
+        drop(client);
+        server.stop().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn message_framing_with_byte_mode_is_a_config_error() {
+    let err = Server::builder()
+        .framing(Framing::Message)
+        .pipe_mode(PipeMode::Byte)
+        .bind(&unique_name("msg-byte"))
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+}
