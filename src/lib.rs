@@ -1,5 +1,58 @@
-//! pipeserve: serve requests over Windows named pipes (and Unix sockets)
-//! with tower services and tokio-util codecs.
+//! Serve requests over Windows named pipes (and Unix domain sockets) with
+//! tower services and tokio-util codecs.
+//!
+//! A pipeserve server pre-creates a pool of pipe instances, so that many
+//! clients can connect at once, and runs each instance through the same loop
+//! as Microsoft's overlapped named-pipe server sample, in async form: wait for
+//! a client, read a request, call your [tower `Service`](tower_service::Service),
+//! write the reply, read the next; when the client leaves, disconnect and wait
+//! for the next one. On Unix the same API serves a Unix domain socket.
+//!
+//! # Quick start
+//!
+//! ```no_run
+//! use bytes::Bytes;
+//! use pipeserve::{Client, Server};
+//! use std::convert::Infallible;
+//!
+//! # #[tokio::main] async fn main() -> Result<(), pipeserve::Error> {
+//! let server = Server::builder().instances(8).bind("myapp")?;
+//! let echo = tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) });
+//! tokio::spawn(server.serve(echo));
+//!
+//! let client = Client::connect("myapp").await?;
+//! assert_eq!(client.call(Bytes::from("hello")).await?, "hello");
+//! # Ok(()) }
+//! ```
+//!
+//! # The protocol
+//!
+//! - **Names.** A portable name such as `"myapp"` is `\\.\pipe\myapp` on
+//!   Windows and a socket in `$XDG_RUNTIME_DIR` (else the temp dir) on Unix;
+//!   see [`Address`].
+//! - **Instances.** A Windows pipe name has a fixed number of instances; each
+//!   serves one client at a time, and a client that finds none free gets
+//!   `ERROR_PIPE_BUSY`. pipeserve creates them all in
+//!   [`bind`](server::Builder::bind) and keeps every free one listening, so a
+//!   client never sees "busy" while an instance is free. The [`Client`]
+//!   retries "busy" and "no such pipe" until its connect timeout.
+//! - **End of a connection.** The client ends a connection by closing its
+//!   end (EOF). The server ends one after a bad frame, a service error, a
+//!   timeout or a shutdown, and then still waits for the client's EOF (up to
+//!   the linger timeout) before disconnecting: `DisconnectNamedPipe` throws
+//!   away whatever the client has not read yet.
+//! - **Framing.** Frames are length-delimited by default; pipe messages and
+//!   lines are built in, and any tokio-util codec plugs in. See [`codec`].
+//! - **Order.** Replies are written in request order. Up to
+//!   [`pipeline_depth`](server::Builder::pipeline_depth) requests of one
+//!   connection are read ahead; the service is called for them one at a time
+//!   unless [`concurrent_requests`](server::Builder::concurrent_requests).
+//!
+//! # Cancel safety
+//!
+//! Dropping a `serve*` future stops the server at once: every instance task
+//! is aborted and every pipe closed (use `serve_with_shutdown` to drain
+//! instead). Dropping a [`Client::call`] future abandons that reply only.
 #![warn(
     missing_docs,
     missing_debug_implementations,

@@ -3,11 +3,7 @@
 
 mod common;
 
-use std::{
-    convert::Infallible,
-    sync::Arc,
-    time::Duration,
-};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use common::*;
@@ -39,7 +35,11 @@ async fn n_clients_at_once_on_n_instances_are_all_served_and_none_sees_busy() {
             })
             .collect();
         for client in clients {
-            assert_eq!(client.await.unwrap(), 0, "a client found every instance busy");
+            assert_eq!(
+                client.await.unwrap(),
+                0,
+                "a client found every instance busy"
+            );
         }
         let summary = server.stop().await;
         assert_eq!(summary.connections, n as u64);
@@ -70,14 +70,20 @@ async fn a_client_beyond_the_instances_is_served_once_one_frees() {
             (reply, client.connect_retries())
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!extra.is_finished(), "served while every instance was taken");
+        assert!(
+            !extra.is_finished(),
+            "served while every instance was taken"
+        );
 
         drop(held.pop());
         let (reply, retries) = extra.await.unwrap();
         assert_eq!(reply, "extra");
         if cfg!(windows) {
             // It met ERROR_PIPE_BUSY and retried; on Unix it waited in the backlog.
-            assert!(retries > 0, "expected busy retries on a pipe with every instance taken");
+            assert!(
+                retries > 0,
+                "expected busy retries on a pipe with every instance taken"
+            );
         }
         for client in &held {
             assert_eq!(client.call(Bytes::from("still")).await.unwrap(), "still");
@@ -109,7 +115,11 @@ async fn the_next_client_of_a_reused_instance_sees_nothing_the_last_one_left() {
                 }
             })
         };
-        let server = start("reuse", Server::builder().instances(1).pipeline_depth(1), svc);
+        let server = start(
+            "reuse",
+            Server::builder().instances(1).pipeline_depth(1),
+            svc,
+        );
 
         let mut a = raw_connect(&server.name).await;
         // A reply the client never reads...
@@ -130,7 +140,11 @@ async fn the_next_client_of_a_reused_instance_sees_nothing_the_last_one_left() {
         for i in 0..3u8 {
             let req = payload(i, 10 + i as usize);
             b.write_all(&frame(&req)).await.unwrap();
-            assert_eq!(read_frame(&mut b).await.as_deref(), Some(&req[..]), "reply {i} of the next client");
+            assert_eq!(
+                read_frame(&mut b).await.as_deref(),
+                Some(&req[..]),
+                "reply {i} of the next client"
+            );
         }
         drop(b);
         let summary = server.stop().await;
@@ -144,7 +158,10 @@ async fn length_delimited_frames_of_every_edge_size_round_trip() {
     within(120, async {
         let server = start_echo("sizes", Server::builder().instances(2));
         let client = Client::connect(&server.name).await.unwrap();
-        for (i, size) in [0, 1, 4095, 4096, 4097, 65535, 65536, 65537, 1 << 20].into_iter().enumerate() {
+        for (i, size) in [0, 1, 4095, 4096, 4097, 65535, 65536, 65537, 1 << 20]
+            .into_iter()
+            .enumerate()
+        {
             let req = payload(i as u8, size);
             let reply = client.call(req.clone()).await.unwrap();
             assert_eq!(reply.len(), size);
@@ -159,10 +176,20 @@ async fn length_delimited_frames_of_every_edge_size_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_over_the_limit_closes_only_that_connection() {
     within(60, async {
-        let server = start_echo("limit", Server::builder().instances(2).max_frame_len(1000).linger(Duration::from_millis(200)));
+        let server = start_echo(
+            "limit",
+            Server::builder()
+                .instances(2)
+                .max_frame_len(1000)
+                .linger(Duration::from_millis(200)),
+        );
         let good = Client::connect(&server.name).await.unwrap();
         // A client with the same limit refuses to send it...
-        let careful = Client::builder().max_frame_len(1000).connect(&server.name).await.unwrap();
+        let careful = Client::builder()
+            .max_frame_len(1000)
+            .connect(&server.name)
+            .await
+            .unwrap();
         let err = careful.call(payload(1, 1001)).await.unwrap_err();
         assert!(err.is_frame_too_large(), "{err}");
         assert_eq!(careful.call(payload(1, 1000)).await.unwrap().len(), 1000);
@@ -176,7 +203,11 @@ async fn a_frame_over_the_limit_closes_only_that_connection() {
         // So does a raw client announcing 4 GiB.
         let mut raw = raw_connect(&server.name).await;
         raw.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
-        assert_eq!(read_frame(&mut raw).await, None, "a 4 GiB length prefix must close the connection");
+        assert_eq!(
+            read_frame(&mut raw).await,
+            None,
+            "a 4 GiB length prefix must close the connection"
+        );
         assert_eq!(good.call(Bytes::from("fine")).await.unwrap(), "fine");
         drop((good, bad));
         server.stop().await;
@@ -193,7 +224,9 @@ async fn a_client_vanishing_mid_frame_or_mid_reply_ends_only_its_connection() {
 
         // Mid-frame: half a request, then gone.
         let mut bad = raw_connect(&server.name).await;
-        bad.write_all(&frame(&payload(1, 1000))[..500]).await.unwrap();
+        bad.write_all(&frame(&payload(1, 1000))[..500])
+            .await
+            .unwrap();
         drop(bad);
         assert_eq!(good.call(Bytes::from("during")).await.unwrap(), "during");
 
@@ -227,7 +260,11 @@ async fn a_client_that_sends_k_requests_at_once_gets_k_replies_in_order() {
         }
         raw.write_all(&all).await.unwrap();
         for i in 0..K {
-            assert_eq!(read_frame(&mut raw).await.as_deref(), Some(&payload(i as u8, i * 37)[..]), "reply {i}");
+            assert_eq!(
+                read_frame(&mut raw).await.as_deref(),
+                Some(&payload(i as u8, i * 37)[..]),
+                "reply {i}"
+            );
         }
         drop(raw);
         let summary = server.stop().await;
@@ -268,24 +305,36 @@ async fn binding_a_taken_name_is_an_addr_in_use_error() {
     if pipeserve::running_under_wine() {
         // Wine 8 does not enforce FILE_FLAG_FIRST_PIPE_INSTANCE; whatever it
         // did here says nothing about Windows.
-        eprintln!("skipped: Wine does not enforce first_pipe_instance (second bind: {:?})", second.map(|_| ()));
+        eprintln!(
+            "skipped: Wine does not enforce first_pipe_instance (second bind: {:?})",
+            second.map(|_| ())
+        );
         return;
     }
     let err = second.unwrap_err();
     assert!(err.is_addr_in_use(), "{err}");
-    assert!(err.to_string().contains(&name), "the error names the pipe: {err}");
+    assert!(
+        err.to_string().contains(&name),
+        "the error names the pipe: {err}"
+    );
 }
 
 #[tokio::test]
 async fn bad_options_and_names_are_config_errors_from_bind() {
     for n in [0, 255] {
-        let err = Server::builder().instances(n).bind(&unique_name("opts")).unwrap_err();
+        let err = Server::builder()
+            .instances(n)
+            .bind(&unique_name("opts"))
+            .unwrap_err();
         assert!(err.is_config(), "{err}");
         assert!(err.to_string().contains("instances"), "{err}");
     }
     let err = Server::builder().bind("a/b").unwrap_err();
     assert!(err.is_config(), "{err}");
-    let err = Server::builder().pipeline_depth(0).bind(&unique_name("opts")).unwrap_err();
+    let err = Server::builder()
+        .pipeline_depth(0)
+        .bind(&unique_name("opts"))
+        .unwrap_err();
     assert!(err.is_config(), "{err}");
 }
 

@@ -16,12 +16,19 @@ use tokio::{
 fn message_server(tag: &str) -> Running {
     start_echo(
         tag,
-        Server::builder().instances(1).framing(Framing::Message).linger(Duration::from_millis(200)),
+        Server::builder()
+            .instances(1)
+            .framing(Framing::Message)
+            .linger(Duration::from_millis(200)),
     )
 }
 
 async fn message_client(name: &str) -> Client {
-    Client::builder().framing(Framing::Message).connect(name).await.unwrap()
+    Client::builder()
+        .framing(Framing::Message)
+        .connect(name)
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,11 +106,17 @@ async fn each_message_is_one_frame_and_each_reply_one_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn length_delimited_framing_is_exact_on_a_message_mode_pipe() {
     within(60, async {
-        let server = start_echo("len-in-msg", Server::builder().instances(1).pipe_mode(PipeMode::Message));
+        let server = start_echo(
+            "len-in-msg",
+            Server::builder().instances(1).pipe_mode(PipeMode::Message),
+        );
         let client = Client::connect(&server.name).await.unwrap();
         for size in [0, 4095, 4096, 65537, 100_000, 1 << 20] {
             let req = payload(5, size);
-            assert!(client.call(req.clone()).await.unwrap() == req, "{size} bytes");
+            assert!(
+                client.call(req.clone()).await.unwrap() == req,
+                "{size} bytes"
+            );
         }
         drop(client);
         server.stop().await;

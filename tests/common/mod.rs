@@ -55,7 +55,11 @@ impl Running {
 
 /// Starts an echo server built by `builder` on a fresh name.
 pub fn start_echo(tag: &str, builder: Builder) -> Running {
-    start(tag, builder, tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) }))
+    start(
+        tag,
+        builder,
+        tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) }),
+    )
 }
 
 /// Starts a server with any service on a fresh name.
@@ -115,7 +119,10 @@ pub async fn read_frame(io: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
     }
     let mut payload = vec![0u8; u32::from_be_bytes(len) as usize];
     if let Err(e) = io.read_exact(&mut payload).await {
-        eprintln!("read_frame: frame of {} bytes cut short: {e}", payload.len());
+        eprintln!(
+            "read_frame: frame of {} bytes cut short: {e}",
+            payload.len()
+        );
         return None;
     }
     Some(payload)
@@ -123,5 +130,8 @@ pub async fn read_frame(io: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
 
 /// Distinct, recognisable bytes: `len` bytes derived from `seed`.
 pub fn payload(seed: u8, len: usize) -> Bytes {
-    (0..len).map(|i| seed.wrapping_add((i % 251) as u8)).collect::<Vec<u8>>().into()
+    (0..len)
+        .map(|i| seed.wrapping_add((i % 251) as u8))
+        .collect::<Vec<u8>>()
+        .into()
 }

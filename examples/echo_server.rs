@@ -1,0 +1,122 @@
+//! An echo server: every frame comes back as it came.
+//!
+//! ```text
+//! cargo run --example echo_server -- --name NAME --instances N --framing len|message|line
+//!                                    [--max-frame BYTES] [--delay-ms MS]
+//! ```
+//!
+//! Prints exactly one line, `listening on ADDRESS`, to stdout once every
+//! instance is ready (ADDRESS: the full pipe path or the socket path), then
+//! serves until Ctrl-C (SIGINT), shuts down gracefully (requests already read
+//! are answered) and exits 0. With `--delay-ms`, the service sleeps that long
+//! before each reply. Logs go to stderr; set `RUST_LOG=pipeserve=debug` to
+//! see why connections close.
+
+use std::{convert::Infallible, io::Write, time::Duration};
+
+use bytes::Bytes;
+use pipeserve::{codec::Framing, Server};
+
+struct Args {
+    name: String,
+    instances: usize,
+    framing: Framing,
+    max_frame: Option<usize>,
+    delay: Option<Duration>,
+}
+
+const USAGE: &str = "usage: echo_server --name NAME --instances N --framing len|message|line [--max-frame BYTES] [--delay-ms MS]";
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        name: "pipeserve-echo".into(),
+        instances: 4,
+        framing: Framing::LengthDelimited,
+        max_frame: None,
+        delay: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
+        match flag.as_str() {
+            "--name" => args.name = value()?,
+            "--instances" => {
+                args.instances = value()?.parse().map_err(|e| format!("--instances: {e}"))?
+            }
+            "--framing" => args.framing = parse_framing(&value()?)?,
+            "--max-frame" => {
+                args.max_frame = Some(value()?.parse().map_err(|e| format!("--max-frame: {e}"))?)
+            }
+            "--delay-ms" => {
+                args.delay = Some(Duration::from_millis(
+                    value()?.parse().map_err(|e| format!("--delay-ms: {e}"))?,
+                ))
+            }
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+        }
+    }
+    Ok(args)
+}
+
+fn parse_framing(s: &str) -> Result<Framing, String> {
+    match s {
+        "len" => Ok(Framing::LengthDelimited),
+        "message" => Ok(Framing::Message),
+        "line" => Ok(Framing::Lines),
+        other => Err(format!(
+            "--framing must be len, message or line, not {other:?}"
+        )),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "pipeserve=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = parse_args().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2);
+    });
+
+    let mut builder = Server::builder()
+        .instances(args.instances)
+        .framing(args.framing);
+    if let Some(max) = args.max_frame {
+        builder = builder.max_frame_len(max);
+    }
+    let server = builder.bind(&args.name).unwrap_or_else(|e| {
+        eprintln!("echo_server: {e}");
+        std::process::exit(1);
+    });
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {}", server.local_addr()).unwrap();
+    stdout.flush().unwrap();
+    drop(stdout);
+
+    let delay = args.delay;
+    let echo = tower::service_fn(move |req: Bytes| async move {
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        Ok::<_, Infallible>(req)
+    });
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match server.serve_with_shutdown(echo, ctrl_c).await {
+        Ok(summary) => eprintln!(
+            "echo_server: shut down: {} connections, {} requests answered, {} connections cut",
+            summary.connections, summary.requests, summary.cut
+        ),
+        Err(e) => {
+            eprintln!("echo_server: {e}");
+            std::process::exit(1);
+        }
+    }
+}
