@@ -71,12 +71,49 @@ mod sys;
 pub use client::Client;
 pub use error::{BoxError, Error};
 pub use name::Address;
-pub use server::{ConnectionInfo, PipeMode, Server, Summary};
+pub use server::{ConnectionInfo, Handle, PipeMode, Server, Stats, Summary};
 
-/// Whether this process runs under Wine, which does not enforce some pipe
-/// semantics (`first_pipe_instance`). For tests.
-#[cfg(windows)]
+/// Process measurements for pipeserve's own tests; not a stable API.
 #[doc(hidden)]
-pub fn running_under_wine() -> bool {
-    sys::running_under_wine()
+pub mod test_support {
+    /// Whether this process runs under Wine, which does not enforce some pipe
+    /// semantics (`first_pipe_instance`).
+    pub fn running_under_wine() -> bool {
+        #[cfg(windows)]
+        return crate::sys::running_under_wine();
+        #[cfg(not(windows))]
+        false
+    }
+
+    /// Open file descriptors (Unix) or handles (Windows) of this process.
+    pub fn open_handles() -> Option<u64> {
+        #[cfg(windows)]
+        return crate::sys::process_handle_count().map(u64::from);
+        #[cfg(target_os = "linux")]
+        return std::fs::read_dir("/proc/self/fd")
+            .ok()
+            .map(|d| d.count() as u64);
+        #[cfg(not(any(windows, target_os = "linux")))]
+        None
+    }
+
+    /// The resident memory (working set on Windows) of this process, in bytes.
+    pub fn resident_memory() -> Option<u64> {
+        #[cfg(windows)]
+        return crate::sys::working_set();
+        #[cfg(target_os = "linux")]
+        return std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        });
+        #[cfg(not(any(windows, target_os = "linux")))]
+        None
+    }
+
+    /// The DACL of the pipe behind `handle`, as SDDL.
+    #[cfg(windows)]
+    pub fn dacl_sddl(handle: std::os::windows::io::BorrowedHandle<'_>) -> std::io::Result<String> {
+        crate::sys::dacl_sddl(handle)
+    }
 }

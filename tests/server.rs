@@ -302,7 +302,7 @@ async fn binding_a_taken_name_is_an_addr_in_use_error() {
     let _first = Server::builder().bind(&name).unwrap();
     let second = Server::builder().bind(&name);
     #[cfg(windows)]
-    if pipeserve::running_under_wine() {
+    if pipeserve::test_support::running_under_wine() {
         // Wine 8 does not enforce FILE_FLAG_FIRST_PIPE_INSTANCE; whatever it
         // did here says nothing about Windows.
         eprintln!(

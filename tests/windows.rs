@@ -133,3 +133,38 @@ async fn message_framing_with_byte_mode_is_a_config_error() {
         .unwrap_err();
     assert!(err.is_config(), "{err}");
 }
+
+#[tokio::test]
+async fn the_pipe_grants_only_the_owner_and_system_by_default() {
+    use std::os::windows::io::AsHandle;
+    let name = unique_name("dacl");
+    let _server = Server::builder().bind(&name).unwrap();
+    let address = pipeserve::Address::new(&name).unwrap();
+    let client = ClientOptions::new().open(address.as_path()).unwrap();
+    let sddl = pipeserve::test_support::dacl_sddl(client.as_handle()).unwrap();
+    assert_eq!(sddl, "D:P(A;;GA;;;SY)(A;;GA;;;OW)");
+}
+
+#[tokio::test]
+async fn a_custom_sddl_is_the_pipes_dacl() {
+    use std::os::windows::io::AsHandle;
+    let name = unique_name("dacl-custom");
+    let _server = Server::builder()
+        .sddl(Some("D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;GRWD;;;AU)"))
+        .bind(&name)
+        .unwrap();
+    let address = pipeserve::Address::new(&name).unwrap();
+    let client = ClientOptions::new().open(address.as_path()).unwrap();
+    let sddl = pipeserve::test_support::dacl_sddl(client.as_handle()).unwrap();
+    assert!(sddl.starts_with("D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;"), "{sddl}");
+    assert!(sddl.ends_with(";;;AU)"), "{sddl}");
+}
+
+#[tokio::test]
+async fn an_invalid_sddl_is_a_config_error() {
+    let err = Server::builder()
+        .sddl(Some("this is not sddl"))
+        .bind(&unique_name("dacl-bad"))
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+}

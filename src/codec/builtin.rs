@@ -261,3 +261,68 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
+
+/// Arbitrary bytes into the codecs: no panic, frames within the limit, and a
+/// buffer that never holds more than one frame's worth plus the last chunk.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chunks() -> impl Strategy<Value = Vec<Vec<u8>>> {
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..40)
+    }
+
+    fn feed(mut codec: BytesCodec, max: usize, extra: usize, chunks: Vec<Vec<u8>>) -> Result<(), TestCaseError> {
+        let mut buf = BytesMut::new();
+        for chunk in chunks {
+            buf.extend_from_slice(&chunk);
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(frame)) => prop_assert!(frame.len() <= max),
+                    Ok(None) => break,
+                    Err(e) => {
+                        prop_assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+                        return Ok(());
+                    }
+                }
+            }
+            prop_assert!(
+                buf.len() <= max + extra + chunk.len(),
+                "{} bytes buffered, limit {}",
+                buf.len(),
+                max
+            );
+        }
+        match codec.decode_eof(&mut buf) {
+            Ok(Some(frame)) => prop_assert!(frame.len() <= max),
+            Ok(None) | Err(_) => {}
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        #[test]
+        fn length_codec_survives_arbitrary_bytes(max in 0usize..200, chunks in chunks()) {
+            feed(BytesCodec::length(max), max, 4, chunks)?;
+        }
+
+        #[test]
+        fn length_codec_survives_plausible_frames(max in 0usize..200, frames in prop::collection::vec((0u32..300, any::<u8>()), 0..20), split in 1usize..50) {
+            let mut wire = Vec::new();
+            for (len, byte) in frames {
+                wire.extend_from_slice(&len.to_be_bytes());
+                wire.extend(std::iter::repeat_n(byte, len as usize));
+            }
+            let chunks = wire.chunks(split).map(<[u8]>::to_vec).collect();
+            feed(BytesCodec::length(max), max, 4, chunks)?;
+        }
+
+        #[test]
+        fn line_codec_survives_arbitrary_bytes(max in 0usize..200, chunks in chunks()) {
+            feed(BytesCodec::Lines(LineCodec::new(max)), max, 1, chunks)?;
+        }
+    }
+}

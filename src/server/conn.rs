@@ -106,14 +106,25 @@ impl fmt::Debug for End {
     }
 }
 
-/// Serves one connection until it ends, and returns why, with the number of
-/// replies written.
+/// Turns a service error into a reply, when the server is configured to.
+pub(crate) type ErrorReply<Resp> = dyn Fn(BoxError) -> Resp + Send + Sync;
+
+/// What the dispatcher reports back as it goes.
+pub(crate) trait Observer {
+    /// A reply was encoded.
+    fn answered(&mut self);
+    /// A service error became a reply.
+    fn error_replied(&mut self, error: &BoxError);
+}
+
+/// Serves one connection until it ends, and returns why.
 pub(crate) async fn dispatch<T, S, Req>(
     transport: &mut T,
     svc: S,
     cfg: &ConnConfig,
     shutdown: &CancellationToken,
-    answered: impl FnMut(),
+    error_reply: Option<&ErrorReply<S::Response>>,
+    observer: impl Observer,
 ) -> End
 where
     T: Stream<Item = io::Result<Req>> + Sink<S::Response, Error = io::Error> + Unpin,
@@ -137,12 +148,13 @@ where
         shutdown: Box::pin(shutdown.cancelled()),
         idle: cfg.idle_timeout.map(|t| (t, Box::pin(sleep(t)), true)),
         write: cfg.write_timeout.map(|t| (t, Box::pin(sleep(t)), false)),
-        answered,
+        error_reply,
+        observer,
     };
     std::future::poll_fn(|cx| d.poll(cx)).await
 }
 
-struct Dispatcher<'a, T, S: Service<Req>, Req, A> {
+struct Dispatcher<'a, T, S: Service<Req>, Req, O> {
     transport: &'a mut T,
     svc: S,
     /// Requests read, waiting for the service.
@@ -163,16 +175,32 @@ struct Dispatcher<'a, T, S: Service<Req>, Req, A> {
     idle: Option<(Duration, Pin<Box<Sleep>>, bool)>,
     /// The write timeout, its timer, and whether the timer runs.
     write: Option<(Duration, Pin<Box<Sleep>>, bool)>,
-    answered: A,
+    error_reply: Option<&'a ErrorReply<S::Response>>,
+    observer: O,
 }
 
-impl<T, S, Req, A> Dispatcher<'_, T, S, Req, A>
+impl<T, S, Req, O> Dispatcher<'_, T, S, Req, O>
 where
     T: Stream<Item = io::Result<Req>> + Sink<S::Response, Error = io::Error> + Unpin,
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    A: FnMut(),
+    O: Observer,
 {
+    /// Encodes one reply; an encoding error ends the connection.
+    fn send(&mut self, reply: S::Response) -> bool {
+        match Pin::new(&mut *self.transport).start_send(reply) {
+            Ok(()) => {
+                self.unflushed = true;
+                self.observer.answered();
+                true
+            }
+            Err(e) => {
+                self.fail(End::Encode(e));
+                false
+            }
+        }
+    }
+
     /// Stops reading; what was read is still answered.
     fn stop(&mut self, end: End) {
         self.reading = false;
@@ -241,17 +269,16 @@ where
                     }
                 }
                 match self.in_flight.poll_next_unpin(cx) {
-                    Poll::Ready(Some(Ok(reply))) => {
-                        match Pin::new(&mut *self.transport).start_send(reply) {
-                            Ok(()) => {
-                                self.unflushed = true;
-                                (self.answered)();
-                                progress = true;
-                            }
-                            Err(e) => self.fail(End::Encode(e)),
+                    Poll::Ready(Some(Ok(reply))) => progress |= self.send(reply),
+                    Poll::Ready(Some(Err(e))) => match self.error_reply {
+                        Some(to_reply) => {
+                            let e = e.into();
+                            self.observer.error_replied(&e);
+                            let reply = to_reply(e);
+                            progress |= self.send(reply);
                         }
-                    }
-                    Poll::Ready(Some(Err(e))) => self.fail(End::Service(e.into())),
+                        None => self.fail(End::Service(e.into())),
+                    },
                     Poll::Ready(None) | Poll::Pending => break,
                 }
             }
@@ -318,18 +345,17 @@ fn classify_read_error(e: io::Error) -> End {
 }
 
 /// Closes the server's side after `end`: if the client may still be reading,
-/// half-closes (sockets) and waits up to `linger` for the client's EOF,
+/// half-closes (sockets) and waits until `deadline` for the client's EOF,
 /// discarding what it sends, so that it gets every reply already written.
 /// Returns whether the client closed in time.
 pub(crate) async fn close<Io: AsyncRead + AsyncWrite + Unpin>(
     io: &mut Io,
     end: &End,
-    linger: Duration,
+    deadline: Instant,
 ) -> bool {
     if !end.needs_linger() {
         return true;
     }
-    let deadline = Instant::now() + linger;
     let wait = async {
         // Sockets: the client reads the replies, then EOF. Pipes: no-op.
         let _ = io.shutdown().await;
@@ -342,4 +368,136 @@ pub(crate) async fn close<Io: AsyncRead + AsyncWrite + Unpin>(
         }
     };
     tokio::time::timeout_at(deadline, wait).await.is_ok()
+}
+
+/// The connection loop fed arbitrary bytes: it always ends, and it answers
+/// exactly the frames a reference parser finds before the first bad one.
+#[cfg(test)]
+mod fuzz {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::codec::{BuiltinFraming, Framing, MakeTransport, Transport};
+
+    struct Ignore;
+
+    impl Observer for Ignore {
+        fn answered(&mut self) {}
+        fn error_replied(&mut self, _: &BoxError) {}
+    }
+
+    /// Serves `input` (then EOF) with an echo service; returns what the
+    /// server wrote.
+    fn serve(framing: Framing, max: usize, depth: usize, input: Vec<u8>, split: usize) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let (client, server) = tokio::io::duplex(1024);
+            let cfg = ConnConfig {
+                pipeline_depth: depth,
+                concurrent: depth > 1,
+                linger: Duration::from_millis(10),
+                idle_timeout: Some(Duration::from_secs(5)),
+                write_timeout: Some(Duration::from_secs(5)),
+            };
+            let serving = tokio::spawn(async move {
+                let mut transport = BuiltinFraming::new(framing, max).transport(server);
+                let echo = tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) });
+                let token = CancellationToken::new();
+                let end = dispatch(&mut transport, echo, &cfg, &token, None, Ignore).await;
+                let mut io = transport.into_io();
+                close(&mut io, &end, Instant::now() + cfg.linger).await;
+            });
+            let (mut rd, mut wr) = tokio::io::split(client);
+            let writer = async move {
+                for chunk in input.chunks(split.max(1)) {
+                    if wr.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            };
+            let mut out = Vec::new();
+            let reader = rd.read_to_end(&mut out);
+            let (_, _) = tokio::join!(writer, reader);
+            tokio::time::timeout(Duration::from_secs(10), serving).await.expect("the connection ended").unwrap();
+            out
+        })
+    }
+
+    /// The length-delimited frames of `input` before the first one over
+    /// `max` or cut by the end.
+    fn reference_len(input: &[u8], max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = input;
+        while rest.len() >= 4 {
+            let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            if n > max || rest.len() < 4 + n {
+                break;
+            }
+            out.extend_from_slice(&rest[..4 + n]);
+            rest = &rest[4 + n..];
+        }
+        out
+    }
+
+    /// The lines of `input` before the first one over `max`, each echoed
+    /// with `\n` (a trailing `\r` dropped); a last line without `\n` too.
+    fn reference_lines(input: &[u8], max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = input;
+        loop {
+            let (line, more) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            if line.len() > max || (more.is_none() && line.is_empty()) {
+                break;
+            }
+            out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+            out.push(b'\n');
+            match more {
+                Some(more) => rest = more,
+                None => break,
+            }
+        }
+        out
+    }
+
+    fn wire() -> impl Strategy<Value = Vec<u8>> {
+        let frame = (0u32..150, any::<u8>()).prop_map(|(len, b)| {
+            let mut f = len.to_be_bytes().to_vec();
+            f.extend(std::iter::repeat_n(b, len as usize));
+            f
+        });
+        let garbage = prop::collection::vec(any::<u8>(), 0..40);
+        let line = prop::collection::vec(prop_oneof![Just(b'a'), Just(b'\r'), Just(b'z')], 0..120).prop_map(|mut l| {
+            l.push(b'\n');
+            l
+        });
+        prop::collection::vec(prop_oneof![4 => frame, 1 => garbage, 3 => line], 0..16).prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn length_delimited_connection_answers_exactly_the_valid_prefix(
+            input in wire(), max in 0usize..128, depth in 1usize..5, split in 1usize..64,
+        ) {
+            let out = serve(Framing::LengthDelimited, max, depth, input.clone(), split);
+            prop_assert_eq!(out, reference_len(&input, max));
+        }
+
+        #[test]
+        fn line_connection_answers_exactly_the_valid_prefix(
+            input in wire(), max in 0usize..128, depth in 1usize..5, split in 1usize..64,
+        ) {
+            let out = serve(Framing::Lines, max, depth, input.clone(), split);
+            prop_assert_eq!(out, reference_lines(&input, max));
+        }
+    }
 }

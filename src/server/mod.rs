@@ -3,9 +3,16 @@
 mod conn;
 mod info;
 pub(crate) mod pool;
-mod summary;
+mod stats;
 
-use std::{fmt, future::Future, sync::Arc, time::Duration};
+use std::{
+    any::Any,
+    collections::HashMap,
+    fmt,
+    future::Future,
+    sync::{atomic::AtomicU64, Arc, OnceLock},
+    time::Duration,
+};
 
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
@@ -13,11 +20,12 @@ use tower_service::Service;
 use tracing::{error, info};
 
 pub use info::ConnectionInfo;
-pub use summary::Summary;
+pub use stats::{Stats, Summary};
 
 use self::{
-    conn::ConnConfig,
-    pool::{CloneService, MakeConnService, MakeWith, Shared},
+    conn::{ConnConfig, ErrorReply},
+    pool::{CloneService, Listener as _, MakeConnService, MakeWith, Shared},
+    stats::Counters,
 };
 use crate::{
     codec::{BuiltinFraming, Codec, Framing, MakeTransport, DEFAULT_MAX_FRAME_LEN},
@@ -44,6 +52,11 @@ pub enum PipeMode {
     Message,
 }
 
+/// The default security descriptor of a pipe, in SDDL: a protected DACL
+/// granting full access to SYSTEM and to the pipe's owner (the user running
+/// the server), and to nobody else.
+pub const DEFAULT_SDDL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;OW)";
+
 /// What `sys::bind` needs to create the listening side.
 #[derive(Clone, Debug)]
 pub(crate) struct ListenOptions {
@@ -53,6 +66,9 @@ pub(crate) struct ListenOptions {
     pub(crate) out_buffer_size: u32,
     pub(crate) reject_remote_clients: bool,
     pub(crate) first_pipe_instance: bool,
+    /// The pipe's security descriptor; `None` for the system default.
+    #[cfg_attr(unix, allow(dead_code))]
+    pub(crate) sddl: Option<String>,
 }
 
 /// Builds a [`Server`]: every option, then [`bind`](Builder::bind).
@@ -69,6 +85,8 @@ pub struct Builder<F = BuiltinFraming> {
     pipe_mode: Option<PipeMode>,
     conn: ConnConfig,
     drain_timeout: Duration,
+    /// An `Arc<ErrorReply<F::Out>>`, typed when `F` is known.
+    error_reply: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl<F> fmt::Debug for Builder<F> {
@@ -97,16 +115,18 @@ impl Default for Builder {
                 out_buffer_size: 65536,
                 reject_remote_clients: true,
                 first_pipe_instance: true,
+                sddl: Some(DEFAULT_SDDL.to_owned()),
             },
             pipe_mode: None,
             conn: ConnConfig {
                 pipeline_depth: 16,
                 concurrent: false,
                 linger: Duration::from_secs(2),
-                idle_timeout: None,
-                write_timeout: None,
+                idle_timeout: Some(Duration::from_secs(300)),
+                write_timeout: Some(Duration::from_secs(30)),
             },
             drain_timeout: Duration::from_secs(10),
+            error_reply: None,
         }
     }
 }
@@ -132,6 +152,7 @@ impl Builder {
 
     /// Frames with your own tokio-util codec instead of a built-in framing:
     /// requests are its `Decoder::Item`, replies anything it can encode.
+    /// Set [`error_reply`](Builder::error_reply) after this, not before.
     ///
     /// # Examples
     ///
@@ -150,6 +171,7 @@ impl Builder {
             pipe_mode: self.pipe_mode,
             conn: self.conn,
             drain_timeout: self.drain_timeout,
+            error_reply: None,
         }
     }
 }
@@ -231,17 +253,55 @@ impl<F: MakeTransport> Builder<F> {
     }
 
     /// Closes a connection whose client sent nothing for `timeout` while no
-    /// request was in flight (default: none).
+    /// request was in flight (default: 5 minutes; `None`: never). Guards the
+    /// instances against clients that connect and say nothing; a client that
+    /// keeps an idle connection longer must reconnect.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.conn.idle_timeout = timeout;
         self
     }
 
-    /// Closes a connection whose client has not read its replies for
-    /// `timeout`, so a client that never reads holds no more memory than its
-    /// pipeline (default: none).
+    /// Closes a connection whose writes stayed blocked for `timeout` because
+    /// its client does not read its replies (default: 30 s; `None`: never).
+    /// Meanwhile the server holds no more for it than its pipeline of
+    /// replies: it stops reading requests.
     pub fn write_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.conn.write_timeout = timeout;
+        self
+    }
+
+    /// Sets the pipe's security descriptor, in SDDL (default:
+    /// [`DEFAULT_SDDL`], the owner and SYSTEM only); `None` leaves the
+    /// system's default DACL, which on Windows lets other users of the
+    /// machine read the pipe. Windows only.
+    ///
+    /// Do not grant `GENERIC_WRITE` to anyone you do not trust: it includes
+    /// `FILE_CREATE_PIPE_INSTANCE`, which lets them create rogue instances of
+    /// the name. Grant `GENERIC_READ | FILE_WRITE_DATA` (`"GRWD"`) instead.
+    pub fn sddl(mut self, sddl: Option<&str>) -> Self {
+        self.listen.sddl = sddl.map(str::to_owned);
+        self
+    }
+
+    /// Turns a service error into a reply instead of closing the connection
+    /// (the default closes it, after the replies before, and logs the
+    /// error). The connection goes on with the next request.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    ///
+    /// let builder = pipeserve::Server::builder()
+    ///     .error_reply(|e| Bytes::from(format!("error: {e}")));
+    /// # let _ = builder;
+    /// ```
+    pub fn error_reply(
+        mut self,
+        to_reply: impl Fn(BoxError) -> F::Out + Send + Sync + 'static,
+    ) -> Self {
+        let to_reply: Arc<ErrorReply<F::Out>> = Arc::new(to_reply);
+        self.error_reply = Some(Box::new(to_reply));
         self
     }
 
@@ -295,14 +355,22 @@ impl<F: MakeTransport> Builder<F> {
             Some(mode) => mode == PipeMode::Message,
             None => needs_message,
         };
-        let slots = sys::bind(address.as_path(), &listen)?;
+        let error_reply = self
+            .error_reply
+            .map(|any| any.downcast::<Arc<ErrorReply<F::Out>>>().map(|b| *b))
+            .transpose()
+            .map_err(|_| Error::config("error_reply was set before codec; set it after"))?;
+        let listener = sys::bind(address.as_path(), &listen)?;
         info!(address = %address, instances = listen.instances, "listening");
         Ok(Server {
             address,
-            slots,
+            listener,
             framing: self.framing,
             conn: self.conn,
             drain_timeout: self.drain_timeout,
+            error_reply,
+            requested: CancellationToken::new(),
+            counters: Arc::default(),
         })
     }
 }
@@ -324,20 +392,57 @@ impl<F: MakeTransport> Builder<F> {
 ///     .await?;
 /// # Ok(()) }
 /// ```
-pub struct Server<F = BuiltinFraming> {
+pub struct Server<F: MakeTransport = BuiltinFraming> {
     address: Address,
-    slots: Vec<sys::Slot>,
+    listener: sys::Listener,
     framing: F,
     conn: ConnConfig,
     drain_timeout: Duration,
+    error_reply: Option<Arc<ErrorReply<F::Out>>>,
+    requested: CancellationToken,
+    counters: Arc<Counters>,
 }
 
-impl<F> fmt::Debug for Server<F> {
+impl<F: MakeTransport> fmt::Debug for Server<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("address", &self.address)
-            .field("instances", &self.slots.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Controls a running server from elsewhere in the application: shut it
+/// down, read its counters. Cheap to clone.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run(server: pipeserve::Server, svc: tower::util::BoxCloneService<bytes::Bytes, bytes::Bytes, std::convert::Infallible>) {
+/// let handle = server.handle();
+/// let serving = tokio::spawn(server.serve(svc));
+/// // ... later, from anywhere:
+/// println!("{:?}", handle.stats());
+/// handle.shutdown();
+/// let summary = serving.await.unwrap().unwrap();
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Handle {
+    requested: CancellationToken,
+    counters: Arc<Counters>,
+}
+
+impl Handle {
+    /// Starts a graceful shutdown, as the signal of
+    /// [`serve_with_shutdown`](Server::serve_with_shutdown) does; also for a
+    /// server started with [`serve`](Server::serve).
+    pub fn shutdown(&self) {
+        self.requested.cancel();
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> Stats {
+        self.counters.stats()
     }
 }
 
@@ -353,6 +458,15 @@ impl<F: MakeTransport> Server<F> {
     /// Where the server listens: the full pipe path or the socket path.
     pub fn local_addr(&self) -> &Address {
         &self.address
+    }
+
+    /// A handle to shut the server down and read its counters while it
+    /// serves.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            requested: self.requested.clone(),
+            counters: self.counters.clone(),
+        }
     }
 
     /// Serves every connection with a clone of `svc`, until the future is
@@ -466,48 +580,69 @@ impl<F: MakeTransport> Server<F> {
         let shared = Arc::new(Shared {
             framing: self.framing,
             conn: self.conn,
+            error_reply: self.error_reply,
             shutdown: CancellationToken::new(),
-            counters: Default::default(),
-            next_id: Default::default(),
+            drain_deadline: OnceLock::new(),
+            counters: self.counters,
+            next_id: AtomicU64::new(0),
         });
+        let mut listener = self.listener;
         // Dropping the serve future drops the set, which aborts every task.
         let mut tasks = JoinSet::new();
-        for (index, slot) in self.slots.into_iter().enumerate() {
-            tasks.spawn(pool::run_instance(
+        let mut instance_of = HashMap::new();
+        for (index, slot) in listener.take_slots().into_iter().enumerate() {
+            let task = tasks.spawn(pool::run_instance(
                 slot,
                 index,
                 make.clone(),
                 shared.clone(),
             ));
+            instance_of.insert(task.id(), index);
         }
 
         tokio::pin!(signal);
         loop {
             tokio::select! {
                 () = &mut signal => break,
-                Some(done) = tasks.join_next() => {
-                    // Instances run until shutdown; only a bug ends one early.
-                    if let Err(e) = done {
-                        error!(error = %e, "an instance task ended unexpectedly");
-                    }
+                () = self.requested.cancelled() => break,
+                Some(done) = tasks.join_next_with_id() => {
+                    // Instance tasks run until shutdown and catch the
+                    // service's panics; only a bug of ours ends one. Start a
+                    // new one, a little later, so a bug cannot spin.
+                    let (id, why) = match done {
+                        Ok((id, ())) => (id, "returned".to_owned()),
+                        Err(e) => (e.id(), e.to_string()),
+                    };
+                    let Some(index) = instance_of.remove(&id) else { continue };
+                    shared.counters.instance_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    error!(instance = index, %why, "instance task ended unexpectedly; restarting it");
+                    let (slot, make, shared) = (listener.spare(), make.clone(), shared.clone());
+                    let task = tasks.spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        pool::run_instance(slot, index, make, shared).await
+                    });
+                    instance_of.insert(task.id(), index);
                 }
             }
         }
 
         info!(address = %self.address, "shutting down");
-        shared.shutdown.cancel();
+        listener.stop();
         let deadline = Instant::now() + self.drain_timeout;
+        let _ = shared.drain_deadline.set(deadline);
+        shared.shutdown.cancel();
         let mut cut = 0;
         loop {
             tokio::select! {
                 done = tasks.join_next() => if done.is_none() { break },
                 () = tokio::time::sleep_until(deadline) => {
-                    cut = shared.counters.active.load(std::sync::atomic::Ordering::Relaxed);
+                    cut = shared.counters.active();
                     tasks.shutdown().await;
                     break;
                 }
             }
         }
+        drop(listener);
         let summary = shared.counters.summary(cut);
         info!(
             connections = summary.connections,

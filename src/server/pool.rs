@@ -11,22 +11,27 @@
 use std::{
     future::Future,
     io,
+    panic::AssertUnwindSafe,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
-        Arc,
+        Arc, OnceLock,
     },
     time::Duration,
 };
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use futures_util::FutureExt;
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 use tower_service::Service;
-use tracing::{debug, trace, warn, Instrument};
+use tracing::{debug, error, trace, warn, Instrument};
 
 use super::{
-    conn::{self, ConnConfig},
-    summary::Counters,
+    conn::{self, ConnConfig, End, ErrorReply, Observer},
+    stats::Counters,
     ConnectionInfo,
 };
 use crate::{
@@ -50,6 +55,23 @@ pub(crate) trait Slot: Send + 'static {
 
     /// Replaces the instance after a failure.
     fn recover(&mut self) -> io::Result<()>;
+}
+
+/// The listening side of a server, from `sys::bind`: its slots, and what
+/// stops new clients from arriving.
+pub(crate) trait Listener: Send + 'static {
+    type Slot: Slot;
+
+    /// The slots, one per instance.
+    fn take_slots(&mut self) -> Vec<Self::Slot>;
+
+    /// A slot with no instance yet (it makes one on its first accept), to
+    /// replace one lost with its task.
+    fn spare(&self) -> Self::Slot;
+
+    /// Stops new clients from finding the server (Unix: removes the socket
+    /// file). Windows instances stop listening as their tasks end.
+    fn stop(&self);
 }
 
 /// Makes the service for each connection.
@@ -101,11 +123,16 @@ where
 }
 
 /// What all instance tasks of a server share.
-pub(crate) struct Shared<F> {
+pub(crate) struct Shared<F: MakeTransport> {
     pub(crate) framing: F,
     pub(crate) conn: ConnConfig,
+    pub(crate) error_reply: Option<Arc<ErrorReply<F::Out>>>,
+    /// Cancelled once the drain deadline is set: instances stop accepting,
+    /// connections stop reading.
     pub(crate) shutdown: CancellationToken,
-    pub(crate) counters: Counters,
+    /// Set when shutdown begins: lingering connections wait until then.
+    pub(crate) drain_deadline: OnceLock<Instant>,
+    pub(crate) counters: Arc<Counters>,
     pub(crate) next_id: AtomicU64,
 }
 
@@ -133,23 +160,26 @@ pub(crate) async fn run_instance<L, F, M>(
     L: Slot,
     F: MakeTransport,
     M: MakeConnService<F::In>,
+    M::Service: Service<F::In, Response = F::Out>,
     <M::Service as Service<F::In>>::Future: Send,
     <M::Service as Service<F::In>>::Error: Into<BoxError> + Send,
-    M::Service: Service<F::In, Response = F::Out>,
 {
     let mut backoff = Backoff(Backoff::FIRST);
     loop {
+        let listening = shared.counters.listening();
         let accepted = tokio::select! {
             biased;
             _ = shared.shutdown.cancelled() => return,
             accepted = slot.accept() => accepted,
         };
+        drop(listening);
         let (io, pid) = match accepted {
             Ok(accepted) => {
                 backoff = Backoff(Backoff::FIRST);
                 accepted
             }
             Err(e) => {
+                shared.counters.instance_failures.fetch_add(1, Relaxed);
                 let delay = backoff.next();
                 warn!(instance = index, error = %e, ?delay, "instance failed to accept a client; replacing it");
                 tokio::select! {
@@ -164,15 +194,49 @@ pub(crate) async fn run_instance<L, F, M>(
         };
         let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, pid);
         let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid = pid);
-        let io = serve_one(io, info, &mut make, &shared)
-            .instrument(span)
-            .await;
-        if let Err(e) = slot.release(io).await {
-            warn!(instance = index, error = %e, "disconnecting the client failed; replacing the instance");
-            if let Err(e) = slot.recover() {
-                warn!(instance = index, error = %e, "replacing the instance failed; will retry");
+        let served =
+            AssertUnwindSafe(serve_one(io, info, &mut make, &shared).instrument(span.clone()))
+                .catch_unwind()
+                .await;
+        match served {
+            Ok(io) => {
+                if let Err(e) = slot.release(io).await {
+                    shared.counters.instance_failures.fetch_add(1, Relaxed);
+                    warn!(instance = index, error = %e, "disconnecting the client failed; replacing the instance");
+                    if let Err(e) = slot.recover() {
+                        warn!(instance = index, error = %e, "replacing the instance failed; will retry");
+                    }
+                }
+            }
+            Err(panic) => {
+                // The connection (and, on Windows, its pipe instance) went
+                // down with the panic; the slot makes a new instance.
+                shared.counters.panics.fetch_add(1, Relaxed);
+                error!(parent: &span, panic = panic_message(&*panic), "the service panicked; connection closed");
             }
         }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(not a string)")
+}
+
+/// Counts what the dispatcher reports.
+struct Count<'a>(&'a Counters);
+
+impl Observer for Count<'_> {
+    fn answered(&mut self) {
+        self.0.requests.fetch_add(1, Relaxed);
+    }
+
+    fn error_replied(&mut self, error: &BoxError) {
+        self.0.service_errors.fetch_add(1, Relaxed);
+        debug!(%error, "service failed; replied with an error reply");
     }
 }
 
@@ -183,24 +247,39 @@ where
     F: MakeTransport,
     M: MakeConnService<F::In>,
     M::Service: Service<F::In, Response = F::Out>,
-    <M::Service as Service<F::In>>::Error: Into<BoxError> + Send,
+    <M::Service as Service<F::In>>::Error: Into<BoxError>,
 {
     let _active = shared.counters.open();
     trace!("client connected");
     let svc = match make.make(&info).await {
         Ok(svc) => svc,
         Err(e) => {
+            shared.counters.service_errors.fetch_add(1, Relaxed);
             debug!(error = %e, "making the connection's service failed; closing");
             return io;
         }
     };
     let mut transport = shared.framing.transport(io);
-    let end = conn::dispatch(&mut transport, svc, &shared.conn, &shared.shutdown, || {
-        shared.counters.requests.fetch_add(1, Relaxed);
-    })
+    let end = conn::dispatch(
+        &mut transport,
+        svc,
+        &shared.conn,
+        &shared.shutdown,
+        shared.error_reply.as_deref(),
+        Count(&shared.counters),
+    )
     .await;
     let mut io = transport.into_io();
-    let closed = conn::close(&mut io, &end, shared.conn.linger).await;
+    // After a shutdown the client may take until the drain deadline to read
+    // its last replies; otherwise the linger timeout applies.
+    let linger = Instant::now() + shared.conn.linger;
+    let deadline = match (shared.drain_deadline.get(), &end) {
+        (Some(&drain), End::Shutdown) => drain,
+        (Some(&drain), _) => drain.min(linger),
+        (None, _) => linger,
+    };
+    let closed = conn::close(&mut io, &end, deadline).await;
+    shared.counters.ended(&end);
     if end.is_clean() {
         trace!(reason = %end, "client disconnected");
     } else {

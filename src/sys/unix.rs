@@ -84,13 +84,46 @@ struct SocketFile {
     ino: u64,
 }
 
-impl Drop for SocketFile {
-    fn drop(&mut self) {
+impl SocketFile {
+    /// Removes the socket file if it is still ours.
+    fn remove(&self) {
         if let Ok(md) = fs::symlink_metadata(&self.path) {
             if md.dev() == self.dev && md.ino() == self.ino {
                 let _ = fs::remove_file(&self.path);
             }
         }
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The bound socket and its slots.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    file: Arc<SocketFile>,
+    slots: Vec<Slot>,
+}
+
+impl pool::Listener for Listener {
+    type Slot = Slot;
+
+    fn take_slots(&mut self) -> Vec<Slot> {
+        std::mem::take(&mut self.slots)
+    }
+
+    fn spare(&self) -> Slot {
+        Slot {
+            file: self.file.clone(),
+        }
+    }
+
+    fn stop(&self) {
+        // New clients find no socket; connections being served go on.
+        self.file.remove();
     }
 }
 
@@ -101,7 +134,7 @@ impl Drop for SocketFile {
 /// reach it with looser permissions even for an instant. A socket file left
 /// by a dead server (connecting is refused) is replaced; a live server's
 /// socket and any other file are left alone.
-pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> Result<Vec<Slot>, Error> {
+pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> Result<Listener, Error> {
     let bind_err = |e: io::Error| {
         Error::new(Kind::Bind)
             .context(path.display().to_string())
@@ -131,9 +164,10 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> Result<Vec<Slot>, Error
         dev: md.dev(),
         ino: md.ino(),
     });
-    Ok((0..opts.instances)
+    let slots = (0..opts.instances)
         .map(|_| Slot { file: file.clone() })
-        .collect())
+        .collect();
+    Ok(Listener { file, slots })
 }
 
 fn in_use(path: &Path) -> Error {

@@ -11,9 +11,11 @@
 
 use std::{
     io,
-    os::windows::io::AsRawHandle,
+    mem::size_of,
+    os::windows::io::{AsRawHandle, BorrowedHandle},
     path::{Path, PathBuf},
     pin::Pin,
+    ptr,
     sync::Arc,
     task::{ready, Context, Poll},
 };
@@ -25,15 +27,26 @@ use tokio::{
         ServerOptions,
     },
 };
+use windows_sys::Wdk::System::SystemInformation::NtQuerySystemInformation;
 use windows_sys::Win32::{
     Foundation::{
-        ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_BROKEN_PIPE, ERROR_INVALID_NAME,
+        LocalFree, ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_BROKEN_PIPE, ERROR_INVALID_NAME,
         ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_NOT_CONNECTED, HANDLE,
+    },
+    Security::{
+        Authorization::{
+            ConvertSecurityDescriptorToStringSecurityDescriptorW,
+            ConvertStringSecurityDescriptorToSecurityDescriptorW, GetSecurityInfo, SDDL_REVISION_1,
+            SE_KERNEL_OBJECT,
+        },
+        DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES,
     },
     Storage::FileSystem::SECURITY_IDENTIFICATION,
     System::{
         LibraryLoader::{GetModuleHandleW, GetProcAddress},
         Pipes::GetNamedPipeClientProcessId,
+        ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS},
+        Threading::{GetCurrentProcess, GetProcessHandleCount},
     },
 };
 
@@ -97,36 +110,140 @@ impl EncodeWideLen for std::ffi::OsStr {
     }
 }
 
-/// Creates all instances now, so that a taken name or a bad option is an
-/// error of `bind` itself, and returns one slot per instance.
-pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> Result<Vec<Slot>, Error> {
-    let shared = Arc::new((path.to_owned(), opts.clone()));
-    (0..opts.instances)
-        .map(|i| {
-            let pipe =
-                create(&shared.0, &shared.1, i == 0).map_err(|e| bind_error(path, opts, i, e))?;
-            Ok(Slot {
-                pipe: Some(pipe),
-                shared: shared.clone(),
-            })
-        })
-        .collect()
+/// Everything needed to create an instance, shared by the slots for the
+/// server's life: the security descriptor must outlive every create call.
+#[derive(Debug)]
+struct Instances {
+    path: PathBuf,
+    opts: ListenOptions,
+    security: Option<SecurityDescriptor>,
 }
 
-fn create(path: &Path, opts: &ListenOptions, first: bool) -> io::Result<NamedPipeServer> {
-    let mut options = ServerOptions::new();
-    options
-        .first_pipe_instance(first && opts.first_pipe_instance)
-        .max_instances(opts.instances)
-        .pipe_mode(if opts.message_mode {
-            PipeMode::Message
-        } else {
-            PipeMode::Byte
+impl Instances {
+    fn create(&self, first: bool) -> io::Result<NamedPipeServer> {
+        let opts = &self.opts;
+        let mut options = ServerOptions::new();
+        options
+            .first_pipe_instance(first && opts.first_pipe_instance)
+            .max_instances(opts.instances)
+            .pipe_mode(if opts.message_mode {
+                PipeMode::Message
+            } else {
+                PipeMode::Byte
+            })
+            .reject_remote_clients(opts.reject_remote_clients)
+            .in_buffer_size(opts.in_buffer_size)
+            .out_buffer_size(opts.out_buffer_size);
+        match &self.security {
+            None => options.create(&self.path),
+            Some(sd) => {
+                let mut attrs = SECURITY_ATTRIBUTES {
+                    nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
+                    lpSecurityDescriptor: sd.0,
+                    bInheritHandle: 0,
+                };
+                // Safety: `attrs` is a valid SECURITY_ATTRIBUTES for the call,
+                // and the descriptor it points to lives in `self`, which
+                // outlives the call; `CreateNamedPipeW` copies what it needs.
+                unsafe {
+                    options.create_with_security_attributes_raw(&self.path, (&raw mut attrs).cast())
+                }
+            }
+        }
+    }
+}
+
+/// A security descriptor made from SDDL, freed with `LocalFree`.
+#[derive(Debug)]
+struct SecurityDescriptor(PSECURITY_DESCRIPTOR);
+
+// Safety: the descriptor is created once, never changed, and only read by
+// `CreateNamedPipeW`, from any thread.
+unsafe impl Send for SecurityDescriptor {}
+// Safety: as above; shared references only ever read it.
+unsafe impl Sync for SecurityDescriptor {}
+
+impl SecurityDescriptor {
+    fn from_sddl(sddl: &str) -> io::Result<Self> {
+        let wide: Vec<u16> = sddl.encode_utf16().chain(Some(0)).collect();
+        let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
+        // Safety: `wide` is NUL-terminated and outlives the call; on success
+        // `sd` receives a descriptor allocated with LocalAlloc, which we own.
+        let ok = unsafe {
+            ConvertStringSecurityDescriptorToSecurityDescriptorW(
+                wide.as_ptr(),
+                SDDL_REVISION_1,
+                &mut sd,
+                ptr::null_mut(),
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SecurityDescriptor(sd))
+    }
+}
+
+impl Drop for SecurityDescriptor {
+    fn drop(&mut self) {
+        // Safety: the descriptor came from LocalAlloc (see `from_sddl`) and is
+        // freed once, here.
+        unsafe { LocalFree(self.0) };
+    }
+}
+
+/// The created instances and their slots.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    instances: Arc<Instances>,
+    slots: Vec<Slot>,
+}
+
+impl pool::Listener for Listener {
+    type Slot = Slot;
+
+    fn take_slots(&mut self) -> Vec<Slot> {
+        std::mem::take(&mut self.slots)
+    }
+
+    fn spare(&self) -> Slot {
+        Slot {
+            pipe: None,
+            instances: self.instances.clone(),
+        }
+    }
+
+    fn stop(&self) {}
+}
+
+/// Creates all instances now, so that a taken name or a bad option is an
+/// error of `bind` itself, and returns one slot per instance.
+pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> Result<Listener, Error> {
+    let security = match &opts.sddl {
+        None => None,
+        Some(sddl) => Some(SecurityDescriptor::from_sddl(sddl).map_err(|e| {
+            Error::new(Kind::Config)
+                .context(format!("invalid security descriptor {sddl:?}"))
+                .with(e)
+        })?),
+    };
+    let instances = Arc::new(Instances {
+        path: path.to_owned(),
+        opts: opts.clone(),
+        security,
+    });
+    let slots = (0..opts.instances)
+        .map(|i| {
+            let pipe = instances
+                .create(i == 0)
+                .map_err(|e| bind_error(path, opts, i, e))?;
+            Ok(Slot {
+                pipe: Some(pipe),
+                instances: instances.clone(),
+            })
         })
-        .reject_remote_clients(opts.reject_remote_clients)
-        .in_buffer_size(opts.in_buffer_size)
-        .out_buffer_size(opts.out_buffer_size);
-    options.create(path)
+        .collect::<Result<_, Error>>()?;
+    Ok(Listener { instances, slots })
 }
 
 fn bind_error(path: &Path, opts: &ListenOptions, index: usize, e: io::Error) -> Error {
@@ -166,7 +283,7 @@ pub(crate) struct Slot {
     /// `None` while a client is connected (the connection owns it), or after
     /// the instance failed and was dropped.
     pipe: Option<NamedPipeServer>,
-    shared: Arc<(PathBuf, ListenOptions)>,
+    instances: Arc<Instances>,
 }
 
 impl pool::Slot for Slot {
@@ -174,7 +291,7 @@ impl pool::Slot for Slot {
 
     async fn accept(&mut self) -> io::Result<(Self::Io, Option<u32>)> {
         if self.pipe.is_none() {
-            self.pipe = Some(create(&self.shared.0, &self.shared.1, false)?);
+            self.pipe = Some(self.instances.create(false)?);
         }
         let pipe = self.pipe.as_ref().expect("pipe instance just ensured");
         // Cancel safe: the instance stays in the slot until a client is in.
@@ -203,7 +320,7 @@ impl pool::Slot for Slot {
         // Drop the failed handle first: all instances of a name count
         // against `max_instances`.
         self.pipe = None;
-        self.pipe = Some(create(&self.shared.0, &self.shared.1, false)?);
+        self.pipe = Some(self.instances.create(false)?);
         Ok(())
     }
 }
@@ -321,4 +438,113 @@ pub(crate) fn running_under_wine() -> bool {
         let module = GetModuleHandleW(ntdll.as_ptr());
         !module.is_null() && GetProcAddress(module, c"wine_get_version".as_ptr().cast()).is_some()
     }
+}
+
+/// The number of handles this process has open.
+///
+/// `GetProcessHandleCount` where it works; Wine 8 answers 0 there, so then
+/// the handles of this process are counted in the system's handle table
+/// (`NtQuerySystemInformation(SystemHandleInformation)`), which Wine keeps.
+pub(crate) fn process_handle_count() -> Option<u32> {
+    let mut count = 0u32;
+    // Safety: the pseudo handle of the current process needs no closing, and
+    // `count` is a valid place for the result.
+    let ok = unsafe { GetProcessHandleCount(GetCurrentProcess(), &mut count) };
+    if ok != 0 && count > 0 {
+        return Some(count);
+    }
+    count_system_handles()
+}
+
+fn count_system_handles() -> Option<u32> {
+    const SYSTEM_HANDLE_INFORMATION: i32 = 16;
+    const STATUS_INFO_LENGTH_MISMATCH: i32 = 0xC000_0004_u32 as i32;
+    // SYSTEM_HANDLE_INFORMATION: a u32 count, then (from offset 8) entries of
+    // 24 bytes whose first field is the owner's process id, as a u16.
+    const HEADER: usize = 8;
+    const ENTRY: usize = 24;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let mut needed = 0u32;
+        // Safety: `buf` is writable for its whole length, which is passed.
+        let status = unsafe {
+            NtQuerySystemInformation(SYSTEM_HANDLE_INFORMATION, buf.as_mut_ptr().cast(), buf.len() as u32, &mut needed)
+        };
+        match status {
+            0 => break,
+            STATUS_INFO_LENGTH_MISMATCH if buf.len() < 1 << 26 => {
+                let len = (buf.len() * 2).max(needed as usize + (1 << 12));
+                buf.resize(len, 0);
+            }
+            _ => return None,
+        }
+    }
+    let entries = u32::from_le_bytes(buf[..4].try_into().ok()?) as usize;
+    let me = std::process::id() as u16;
+    let count = (0..entries)
+        .filter_map(|i| buf.get(HEADER + i * ENTRY..HEADER + i * ENTRY + 2))
+        .filter(|pid| u16::from_le_bytes([pid[0], pid[1]]) == me)
+        .count();
+    (count > 0).then_some(count as u32)
+}
+
+/// The DACL of the object behind `handle`, as SDDL.
+pub(crate) fn dacl_sddl(handle: BorrowedHandle<'_>) -> io::Result<String> {
+    let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
+    // Safety: the handle is borrowed, so open for the call; the out pointers
+    // are valid, and on success `sd` is a LocalAlloc'ed descriptor we own.
+    let err = unsafe {
+        GetSecurityInfo(
+            handle.as_raw_handle() as HANDLE,
+            SE_KERNEL_OBJECT,
+            DACL_SECURITY_INFORMATION,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            &mut sd,
+        )
+    };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err as i32));
+    }
+    let sd = SecurityDescriptor(sd);
+    let mut text: *mut u16 = ptr::null_mut();
+    let mut len = 0u32;
+    // Safety: `sd.0` is a valid descriptor; on success `text` is a
+    // LocalAlloc'ed, NUL-terminated string of `len` characters we own.
+    let ok = unsafe {
+        ConvertSecurityDescriptorToStringSecurityDescriptorW(
+            sd.0,
+            SDDL_REVISION_1,
+            DACL_SECURITY_INFORMATION,
+            &mut text,
+            &mut len,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: `text` points to `len` valid UTF-16 units (the count includes
+    // the NUL); it is freed right after copying.
+    let sddl = unsafe {
+        let units = std::slice::from_raw_parts(text, len as usize);
+        let s = String::from_utf16_lossy(units)
+            .trim_end_matches('\0')
+            .to_owned();
+        LocalFree(text.cast());
+        s
+    };
+    Ok(sddl)
+}
+
+/// The working set of this process, in bytes.
+pub(crate) fn working_set() -> Option<u64> {
+    // Safety: PROCESS_MEMORY_COUNTERS is plain data, valid when zeroed.
+    let mut counters: PROCESS_MEMORY_COUNTERS = unsafe { std::mem::zeroed() };
+    counters.cb = size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
+    // Safety: the pseudo handle needs no closing; `counters` is valid and its
+    // size is given.
+    let ok = unsafe { K32GetProcessMemoryInfo(GetCurrentProcess(), &mut counters, counters.cb) };
+    (ok != 0).then_some(counters.WorkingSetSize as u64)
 }

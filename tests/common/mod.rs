@@ -42,11 +42,26 @@ pub async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
 /// A server running in the background; `stop` shuts it down gracefully.
 pub struct Running {
     pub name: String,
+    pub handle: pipeserve::Handle,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<Summary, pipeserve::Error>>,
 }
 
 impl Running {
+    pub fn new(
+        name: String,
+        handle: pipeserve::Handle,
+        stop: oneshot::Sender<()>,
+        task: JoinHandle<Result<Summary, pipeserve::Error>>,
+    ) -> Self {
+        Running {
+            name,
+            handle,
+            stop: Some(stop),
+            task,
+        }
+    }
+
     pub async fn stop(mut self) -> Summary {
         let _ = self.stop.take().unwrap().send(());
         within(30, self.task).await.unwrap().unwrap()
@@ -71,15 +86,12 @@ where
 {
     let name = unique_name(tag);
     let server = builder.bind(&name).expect("bind");
+    let handle = server.handle();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(server.serve_with_shutdown(svc, async {
         let _ = stopped.await;
     }));
-    Running {
-        name,
-        stop: Some(stop),
-        task,
-    }
+    Running::new(name, handle, stop, task)
 }
 
 /// A raw byte stream to the server, for tests that control every byte.

@@ -1,0 +1,133 @@
+//! Counting what a server does: live statistics and the final summary.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::conn::End;
+
+/// A snapshot of a server's counters, from [`Handle::stats`](super::Handle::stats).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Connections accepted since the server started.
+    pub connections: u64,
+    /// Connections open now.
+    pub active: u64,
+    /// Replies written.
+    pub requests: u64,
+    /// Instances (socket slots) waiting for a client now.
+    pub listening: u64,
+    /// Connections closed because of a malformed or oversized frame.
+    pub frames_rejected: u64,
+    /// Connections closed because the service failed (or requests answered
+    /// with an error reply, when configured).
+    pub service_errors: u64,
+    /// Connections whose service (or codec) panicked.
+    pub panics: u64,
+    /// Connections closed by the idle or the write timeout.
+    pub timeouts: u64,
+    /// Connections that failed to read or write (the client vanished).
+    pub io_errors: u64,
+    /// Instances replaced after their handle failed, or accept errors.
+    pub instance_failures: u64,
+}
+
+/// What a server did, returned when it shuts down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// Connections accepted.
+    pub connections: u64,
+    /// Replies written.
+    pub requests: u64,
+    /// Connections still open at the drain deadline, closed without waiting
+    /// further.
+    pub cut: u64,
+    /// Every counter, as at the end.
+    pub stats: Stats,
+}
+
+/// The server's live counters.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    connections: AtomicU64,
+    active: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    listening: AtomicU64,
+    frames_rejected: AtomicU64,
+    pub(crate) service_errors: AtomicU64,
+    pub(crate) panics: AtomicU64,
+    timeouts: AtomicU64,
+    io_errors: AtomicU64,
+    pub(crate) instance_failures: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            connections: self.connections.load(Relaxed),
+            active: self.active.load(Relaxed),
+            requests: self.requests.load(Relaxed),
+            listening: self.listening.load(Relaxed),
+            frames_rejected: self.frames_rejected.load(Relaxed),
+            service_errors: self.service_errors.load(Relaxed),
+            panics: self.panics.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            io_errors: self.io_errors.load(Relaxed),
+            instance_failures: self.instance_failures.load(Relaxed),
+        }
+    }
+
+    pub(crate) fn summary(&self, cut: u64) -> Summary {
+        let stats = self.stats();
+        Summary {
+            connections: stats.connections,
+            requests: stats.requests,
+            cut,
+            stats,
+        }
+    }
+
+    pub(crate) fn active(&self) -> u64 {
+        self.active.load(Relaxed)
+    }
+
+    /// Counts a connection as active until the guard drops (also when its
+    /// task is aborted).
+    pub(crate) fn open(&self) -> Gauge<'_> {
+        self.connections.fetch_add(1, Relaxed);
+        Gauge::up(&self.active)
+    }
+
+    /// Counts an instance as listening until the guard drops.
+    pub(crate) fn listening(&self) -> Gauge<'_> {
+        Gauge::up(&self.listening)
+    }
+
+    /// Counts how a connection ended.
+    pub(crate) fn ended(&self, end: &End) {
+        let counter = match end {
+            End::Eof | End::Shutdown => return,
+            End::Frame(_) | End::Encode(_) => &self.frames_rejected,
+            End::Service(_) => &self.service_errors,
+            End::IdleTimeout | End::WriteTimeout => &self.timeouts,
+            End::Read(_) | End::Write(_) => &self.io_errors,
+        };
+        counter.fetch_add(1, Relaxed);
+    }
+}
+
+/// Holds a gauge up while it lives.
+pub(crate) struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn up(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Relaxed);
+        Gauge(counter)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}

@@ -1,0 +1,159 @@
+//! Unix-only behaviour: the socket file's permissions and lifecycle.
+#![cfg(unix)]
+
+mod common;
+
+use std::{
+    fs,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use common::*;
+use pipeserve::{Address, Client, Server};
+
+fn socket_path(name: &str) -> PathBuf {
+    Address::new(name).unwrap().as_path().to_owned()
+}
+
+#[tokio::test]
+async fn the_socket_is_never_seen_with_looser_permissions_than_0600() {
+    // A watcher stats the path as fast as it can while servers bind and
+    // unbind; any sighting of another mode fails the test.
+    let name = unique_name("perms");
+    let path = socket_path(&name);
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let (path, stop, seen) = (path.clone(), stop.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let mut bad = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(md) = fs::symlink_metadata(&path) {
+                    seen.fetch_add(1, Ordering::Relaxed);
+                    let mode = md.permissions().mode() & 0o777;
+                    if mode != 0o600 {
+                        bad.push(mode);
+                    }
+                }
+            }
+            bad
+        })
+    };
+    for _ in 0..50 {
+        let server = Server::builder().bind(&name).unwrap();
+        let md = fs::symlink_metadata(&path).unwrap();
+        assert!(md.file_type().is_socket());
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+        drop(server);
+        assert!(!path.exists(), "the socket file outlived its server");
+    }
+    stop.store(true, Ordering::Relaxed);
+    let bad = watcher.join().unwrap();
+    assert!(bad.is_empty(), "saw the socket {} times with another mode, first {:o}", bad.len(), bad.first().copied().unwrap_or(0));
+    assert!(seen.load(Ordering::Relaxed) > 0, "the watcher never saw the socket");
+    // No staging directory is left behind.
+    let parent = path.parent().unwrap();
+    let staged: Vec<_> = fs::read_dir(parent)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!(".pipeserve-{}-", std::process::id())))
+        .collect();
+    assert!(staged.is_empty(), "left behind: {staged:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_file_is_replaced() {
+    within(30, async {
+        let name = unique_name("stale");
+        let path = socket_path(&name);
+        // A dead server's socket: bound, then the listener closed, the file left.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let server = start_echo_on(&name);
+        let client = Client::connect(&name).await.unwrap();
+        assert_eq!(client.call(Bytes::from("fresh")).await.unwrap(), "fresh");
+        drop(client);
+        server.stop().await;
+        assert!(!path.exists(), "the socket file is removed on shutdown");
+    })
+    .await
+}
+
+fn start_echo_on(name: &str) -> Running {
+    let server = Server::builder().bind(name).unwrap();
+    let handle = server.handle();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let svc = tower::service_fn(|req: Bytes| async move { Ok::<_, std::convert::Infallible>(req) });
+    let task = tokio::spawn(server.serve_with_shutdown(svc, async {
+        let _ = stopped.await;
+    }));
+    Running::new(name.to_owned(), handle, stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_servers_socket_is_never_stolen() {
+    within(30, async {
+        let name = unique_name("live");
+        let server = start_echo_on(&name);
+        let err = Server::builder().bind(&name).unwrap_err();
+        assert!(err.is_addr_in_use(), "{err}");
+        // The first server still has its socket and serves.
+        let client = Client::connect(&name).await.unwrap();
+        assert_eq!(client.call(Bytes::from("mine")).await.unwrap(), "mine");
+        drop(client);
+        server.stop().await;
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_file_that_is_not_a_socket_is_never_deleted() {
+    let name = unique_name("not-a-socket");
+    let path = socket_path(&name);
+    fs::write(&path, b"precious").unwrap();
+    let err = Server::builder().bind(&name).unwrap_err();
+    assert!(err.is_addr_in_use(), "{err}");
+    assert!(err.to_string().contains("not a socket"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), b"precious");
+    fs::remove_file(&path).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_removes_the_socket_file_at_once_while_connections_drain() {
+    within(30, async {
+        let name = unique_name("unlink");
+        let path = socket_path(&name);
+        let svc = tower::service_fn(|req: Bytes| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, std::convert::Infallible>(req)
+        });
+        let server = Server::builder().bind(&name).unwrap();
+        let handle = server.handle();
+        let serving = tokio::spawn(server.serve(svc));
+        let client = Client::connect(&name).await.unwrap();
+        let call = tokio::spawn(async move { client.call(Bytes::from("slow")).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        handle.shutdown();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!path.exists(), "new clients can still find the socket during the drain");
+        assert_eq!(call.await.unwrap().unwrap(), "slow");
+        serving.await.unwrap().unwrap();
+    })
+    .await
+}
+
+#[tokio::test]
+async fn message_framing_on_unix_is_a_config_error() {
+    let err = Server::builder()
+        .framing(pipeserve::codec::Framing::Message)
+        .bind(&unique_name("msg-unix"))
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+}
