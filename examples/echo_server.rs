@@ -78,6 +78,7 @@ async fn main() {
                 .unwrap_or_else(|_| "pipeserve=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = parse_args().unwrap_or_else(|e| {
         eprintln!("{e}");

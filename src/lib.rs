@@ -102,11 +102,13 @@ pub mod test_support {
         #[cfg(windows)]
         return crate::sys::working_set();
         #[cfg(target_os = "linux")]
-        return std::fs::read_to_string("/proc/self/status").ok().and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        });
+        return std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib * 1024)
+            });
         #[cfg(not(any(windows, target_os = "linux")))]
         None
     }

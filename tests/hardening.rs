@@ -38,10 +38,17 @@ async fn until_closed(io: &mut (impl tokio::io::AsyncRead + Unpin), secs: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_4_gib_length_prefix_closes_only_its_connection() {
     within(60, async {
-        let server = start_echo("4gib", Server::builder().instances(2).linger(Duration::from_millis(100)));
+        let server = start_echo(
+            "4gib",
+            Server::builder()
+                .instances(2)
+                .linger(Duration::from_millis(100)),
+        );
         let good = Client::connect(&server.name).await.unwrap();
         let mut bad = raw_connect(&server.name).await;
-        bad.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3]).await.unwrap();
+        bad.write_all(&[0xff, 0xff, 0xff, 0xff, 1, 2, 3])
+            .await
+            .unwrap();
         until_closed(&mut bad, 10).await;
         assert_eq!(good.call(Bytes::from("fine")).await.unwrap(), "fine");
         drop(good);
@@ -100,8 +107,14 @@ async fn a_client_that_never_reads_is_cut_at_the_write_timeout() {
             true
         })
         .await;
-        assert!(!pushed, "the server took all 64 MiB from a client that never reads");
-        assert!(written < 32 << 20, "the server accepted {written} bytes before cutting");
+        assert!(
+            !pushed,
+            "the server took all 64 MiB from a client that never reads"
+        );
+        assert!(
+            written < 32 << 20,
+            "the server accepted {written} bytes before cutting"
+        );
         assert_eq!(good.call(Bytes::from("served")).await.unwrap(), "served");
         drop(good);
         let summary = server.stop().await;
@@ -110,7 +123,8 @@ async fn a_client_that_never_reads_is_cut_at_the_write_timeout() {
     .await
 }
 
-fn failing_service() -> impl tower::Service<Bytes, Response = Bytes, Error = BoxError, Future = impl Send> + Clone {
+fn failing_service(
+) -> impl tower::Service<Bytes, Response = Bytes, Error = BoxError, Future = impl Send> + Clone {
     tower::service_fn(|req: Bytes| async move {
         match &req[..] {
             b"fail" => Err::<Bytes, BoxError>("the service failed".into()),
@@ -123,7 +137,13 @@ fn failing_service() -> impl tower::Service<Bytes, Response = Bytes, Error = Box
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_error_closes_the_connection_after_the_replies_before_it() {
     within(60, async {
-        let server = start("svc-error", Server::builder().instances(1).linger(Duration::from_millis(100)), failing_service());
+        let server = start(
+            "svc-error",
+            Server::builder()
+                .instances(1)
+                .linger(Duration::from_millis(100)),
+            failing_service(),
+        );
         let mut raw = raw_connect(&server.name).await;
         let mut reqs = Vec::new();
         for r in ["a", "fail", "b"] {
@@ -131,7 +151,11 @@ async fn a_service_error_closes_the_connection_after_the_replies_before_it() {
         }
         raw.write_all(&reqs).await.unwrap();
         assert_eq!(read_frame(&mut raw).await.as_deref(), Some(&b"a"[..]));
-        assert_eq!(read_frame(&mut raw).await, None, "no reply after the failed one");
+        assert_eq!(
+            read_frame(&mut raw).await,
+            None,
+            "no reply after the failed one"
+        );
         drop(raw);
         let summary = server.stop().await;
         assert_eq!(summary.requests, 1);
@@ -149,7 +173,10 @@ async fn with_error_reply_a_service_error_becomes_a_reply_and_the_connection_goe
         let server = start("error-reply", builder, failing_service());
         let client = Client::connect(&server.name).await.unwrap();
         assert_eq!(client.call(Bytes::from("a")).await.unwrap(), "a");
-        assert_eq!(client.call(Bytes::from("fail")).await.unwrap(), "error: the service failed");
+        assert_eq!(
+            client.call(Bytes::from("fail")).await.unwrap(),
+            "error: the service failed"
+        );
         assert_eq!(client.call(Bytes::from("b")).await.unwrap(), "b");
         drop(client);
         let summary = server.stop().await;
@@ -180,11 +207,15 @@ async fn a_service_panic_ends_that_connection_and_the_instance_serves_the_next_c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn churn_and_garbage_grow_neither_handles_nor_memory_and_a_good_client_is_served_throughout() {
+async fn churn_and_garbage_grow_neither_handles_nor_memory_and_a_good_client_is_served_throughout()
+{
     within(300, async {
         let server = start_echo(
             "churn",
-            Server::builder().instances(4).max_frame_len(4096).linger(Duration::from_millis(50)),
+            Server::builder()
+                .instances(4)
+                .max_frame_len(4096)
+                .linger(Duration::from_millis(50)),
         );
         let handle_name = server.name.clone();
 
@@ -198,7 +229,11 @@ async fn churn_and_garbage_grow_neither_handles_nor_memory_and_a_good_client_is_
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let req = Bytes::from(i.to_string());
-                    assert_eq!(client.call(req.clone()).await.unwrap(), req, "good client, call {i}");
+                    assert_eq!(
+                        client.call(req.clone()).await.unwrap(),
+                        req,
+                        "good client, call {i}"
+                    );
                     served.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                 }
@@ -251,19 +286,28 @@ async fn churn_and_garbage_grow_neither_handles_nor_memory_and_a_good_client_is_
         good.await.unwrap();
         let summary = server.stop().await;
 
-        assert!(served_during > 0, "the good client was not served during the churn");
+        assert!(
+            served_during > 0,
+            "the good client was not served during the churn"
+        );
         assert!(summary.connections >= 2201, "{summary:?}");
         match (handles_before, handles_after) {
             (Some(before), Some(after)) => {
                 eprintln!("open handles: {before} before, {after} after 2000 cycles");
-                assert!(after <= before + 16, "handles grew from {before} to {after}");
+                assert!(
+                    after <= before + 16,
+                    "handles grew from {before} to {after}"
+                );
             }
             _ => eprintln!("skipped the handle count: not available here"),
         }
         match (memory_before, memory_after) {
             (Some(before), Some(after)) => {
                 eprintln!("resident memory: {before} before, {after} after 2000 cycles");
-                assert!(after <= before + (16 << 20), "memory grew from {before} to {after}");
+                assert!(
+                    after <= before + (16 << 20),
+                    "memory grew from {before} to {after}"
+                );
             }
             _ => eprintln!("skipped the memory check: not available here"),
         }
@@ -297,7 +341,10 @@ async fn shutdown_waits_for_the_request_in_flight_and_its_reply_arrives_whole() 
         entered.notified().await;
         handle.shutdown();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!serving.is_finished(), "the server finished before the reply was written");
+        assert!(
+            !serving.is_finished(),
+            "the server finished before the reply was written"
+        );
         release.notify_one();
 
         let reply = call.await.unwrap().unwrap();
@@ -340,7 +387,11 @@ async fn shutdown_stops_reading_but_answers_every_request_already_read() {
         // All five were read before the signal (one write, pipeline depth
         // 16): every one is answered, in order, then the connection ends.
         for i in 0..5u8 {
-            assert_eq!(read_frame(&mut raw).await.as_deref(), Some(&[i; 10][..]), "reply {i}");
+            assert_eq!(
+                read_frame(&mut raw).await.as_deref(),
+                Some(&[i; 10][..]),
+                "reply {i}"
+            );
         }
         drop(raw);
         let summary = within(20, serving).await.unwrap().unwrap();
@@ -352,10 +403,18 @@ async fn shutdown_stops_reading_but_answers_every_request_already_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_cuts_what_is_still_open_at_the_drain_deadline_and_says_so() {
     within(60, async {
-        let svc = tower::service_fn(|_: Bytes| async move {
-            std::future::pending::<()>().await;
-            Ok::<_, Infallible>(Bytes::new())
-        });
+        let entered = Arc::new(Notify::new());
+        let svc = {
+            let entered = entered.clone();
+            tower::service_fn(move |_: Bytes| {
+                let entered = entered.clone();
+                async move {
+                    entered.notify_one();
+                    std::future::pending::<()>().await;
+                    Ok::<_, Infallible>(Bytes::new())
+                }
+            })
+        };
         let name = unique_name("cut");
         let server = Server::builder()
             .instances(2)
@@ -366,15 +425,13 @@ async fn shutdown_cuts_what_is_still_open_at_the_drain_deadline_and_says_so() {
         let serving = tokio::spawn(server.serve(svc));
         let client = Client::connect(&name).await.unwrap();
         let stuck = tokio::spawn(async move { client.call(Bytes::from("forever")).await });
-        within(10, async {
-            while handle.stats().active < 1 {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        })
-        .await;
+        within(10, entered.notified()).await;
         handle.shutdown();
         let summary = within(10, serving).await.unwrap().unwrap();
-        assert_eq!((summary.connections, summary.requests, summary.cut), (1, 0, 1));
+        assert_eq!(
+            (summary.connections, summary.requests, summary.cut),
+            (1, 0, 1)
+        );
         assert!(stuck.await.unwrap().unwrap_err().is_closed());
         // Nobody listens any more.
         let err = Client::builder()

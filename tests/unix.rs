@@ -56,14 +56,26 @@ async fn the_socket_is_never_seen_with_looser_permissions_than_0600() {
     }
     stop.store(true, Ordering::Relaxed);
     let bad = watcher.join().unwrap();
-    assert!(bad.is_empty(), "saw the socket {} times with another mode, first {:o}", bad.len(), bad.first().copied().unwrap_or(0));
-    assert!(seen.load(Ordering::Relaxed) > 0, "the watcher never saw the socket");
+    assert!(
+        bad.is_empty(),
+        "saw the socket {} times with another mode, first {:o}",
+        bad.len(),
+        bad.first().copied().unwrap_or(0)
+    );
+    assert!(
+        seen.load(Ordering::Relaxed) > 0,
+        "the watcher never saw the socket"
+    );
     // No staging directory is left behind.
     let parent = path.parent().unwrap();
     let staged: Vec<_> = fs::read_dir(parent)
         .unwrap()
         .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&format!(".pipeserve-{}-", std::process::id())))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!(".pipeserve-{}-", std::process::id()))
+        })
         .collect();
     assert!(staged.is_empty(), "left behind: {staged:?}");
 }
@@ -142,7 +154,10 @@ async fn shutdown_removes_the_socket_file_at_once_while_connections_drain() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         handle.shutdown();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!path.exists(), "new clients can still find the socket during the drain");
+        assert!(
+            !path.exists(),
+            "new clients can still find the socket during the drain"
+        );
         assert_eq!(call.await.unwrap().unwrap(), "slow");
         serving.await.unwrap().unwrap();
     })
@@ -156,4 +171,92 @@ async fn message_framing_on_unix_is_a_config_error() {
         .bind(&unique_name("msg-unix"))
         .unwrap_err();
     assert!(err.is_config(), "{err}");
+}
+
+/// The child half of the test below: a server whose process has no file
+/// descriptor left, so `accept` fails with EMFILE until it frees some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emfile_child() {
+    if std::env::var_os("PIPESERVE_EMFILE_CHILD").is_none() {
+        return; // only runs as the child of the test below
+    }
+    let name = unique_name("emfile");
+    let server = Server::builder().instances(2).bind(&name).unwrap();
+    let handle = server.handle();
+    let serving = tokio::spawn(server.serve(tower::service_fn(|req: Bytes| async move {
+        Ok::<_, std::convert::Infallible>(req)
+    })));
+    println!("listening on {}", Address::new(&name).unwrap());
+    // Use up every descriptor.
+    let mut hog = Vec::new();
+    while let Ok(f) = fs::File::open("/dev/null") {
+        hog.push(f);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let failures_while_out = handle.stats().instance_failures;
+    hog.truncate(hog.len().saturating_sub(16));
+    // The parent's request gets served now.
+    within(20, async {
+        while handle.stats().requests < 1 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    println!(
+        "failures={failures_while_out} served={}",
+        handle.stats().requests
+    );
+    handle.shutdown();
+    serving.await.unwrap().unwrap();
+}
+
+#[test]
+fn accept_failures_are_retried_with_backoff_and_never_end_the_server() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 64 && exec "$0" --exact emfile_child --nocapture --test-threads=1"#)
+        .arg(&exe)
+        .env("PIPESERVE_EMFILE_CHILD", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let path = loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the child ended before listening"
+        );
+        // The harness prints "test emfile_child ... " before the line.
+        if let Some(at) = line.find("listening on ") {
+            break PathBuf::from(line[at + "listening on ".len()..].trim());
+        }
+    };
+    // Connect while the server is out of descriptors: the connection waits
+    // in the backlog, the server's accept fails until it frees some.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(b"\0\0\0\x05hello").unwrap();
+    let mut reply = [0u8; 9];
+    stream.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"\0\0\0\x05hello");
+    drop(stream);
+
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "the child failed:\n{rest}");
+    let at = rest.find("failures=").expect("the child's report") + "failures=".len();
+    let failures: u64 = rest[at..].split(' ').next().unwrap().parse().unwrap();
+    // Two slots, backoff from 10 ms doubling: a handful of retries in 1.2 s,
+    // not a busy loop.
+    assert!(
+        (1..=20).contains(&failures),
+        "accept failures while out of descriptors: {failures}"
+    );
 }

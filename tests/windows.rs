@@ -150,13 +150,16 @@ async fn a_custom_sddl_is_the_pipes_dacl() {
     use std::os::windows::io::AsHandle;
     let name = unique_name("dacl-custom");
     let _server = Server::builder()
-        .sddl(Some("D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;GRWD;;;AU)"))
+        .sddl(Some("D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;0x12018b;;;AU)"))
         .bind(&name)
         .unwrap();
     let address = pipeserve::Address::new(&name).unwrap();
     let client = ClientOptions::new().open(address.as_path()).unwrap();
     let sddl = pipeserve::test_support::dacl_sddl(client.as_handle()).unwrap();
-    assert!(sddl.starts_with("D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;"), "{sddl}");
+    assert!(
+        sddl.starts_with("D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;"),
+        "{sddl}"
+    );
     assert!(sddl.ends_with(";;;AU)"), "{sddl}");
 }
 

@@ -4,11 +4,15 @@ examples/echo_server over a Unix socket, written with Python's standard
 library only.
 
 usage: unix_clients.py SOCKET len|line THREADS ROUNDS
+       unix_clients.py SOCKET drain THREADS SERVER_PID
 
 len:  4-byte big-endian length + payload, sizes 0 B to 1 MiB, pipelined and
       one by one.
 line: newline-terminated lines (LF and CRLF), then a half-close: every line
       sent before the half-close must be answered.
+drain: each thread sends 3 frames to a server started with --delay-ms; once
+      all are sent, SIGINT goes to SERVER_PID; every reply must still arrive,
+      then the end of the connection.
 Prints "replies=R" and exits 0 only if every reply was right.
 """
 import socket
@@ -82,6 +86,46 @@ def line_client(path, tid, rounds):
     s.close()
 
 
+def drain_client(path, tid, sent):
+    global replies
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(path)
+    bodies = [payload(tid * 3 + k, 100 + k) for k in range(3)]
+    s.sendall(b"".join(struct.pack(">I", len(b)) + b for b in bodies))
+    sent.release()
+    for b in bodies:
+        (m,) = struct.unpack(">I", recv_exact(s, 4))
+        if recv_exact(s, m) != b:
+            raise AssertionError("reply after Ctrl-C differs")
+        with lock:
+            replies += 1
+    if s.recv(1) != b"":
+        raise AssertionError("expected the end of the connection after the replies")
+    s.close()
+
+
+def drain(path, threads, pid):
+    import os
+    import signal
+    import time
+
+    sent = threading.Semaphore(0)
+    ts = [threading.Thread(target=run, args=(drain_client, path, t, sent)) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for _ in ts:
+        sent.acquire()
+    time.sleep(0.2)
+    os.kill(pid, signal.SIGINT)
+    for t in ts:
+        t.join()
+    expected = 3 * threads
+    print(f"replies={replies} errors={len(errors)} (after Ctrl-C, {expected} expected)")
+    for e in errors:
+        print(e, file=sys.stderr)
+    sys.exit(1 if errors or replies != expected else 0)
+
+
 def run(fn, *args):
     try:
         fn(*args)
@@ -91,6 +135,8 @@ def run(fn, *args):
 
 def main():
     path, mode, threads, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    if mode == "drain":
+        drain(path, threads, rounds)
     fn = {"len": len_client, "line": line_client}[mode]
     ts = [threading.Thread(target=run, args=(fn, path, t, rounds)) for t in range(threads)]
     for t in ts:

@@ -273,7 +273,12 @@ mod fuzz {
         prop::collection::vec(prop::collection::vec(any::<u8>(), 0..300), 0..40)
     }
 
-    fn feed(mut codec: BytesCodec, max: usize, extra: usize, chunks: Vec<Vec<u8>>) -> Result<(), TestCaseError> {
+    fn feed(
+        mut codec: BytesCodec,
+        max: usize,
+        extra: usize,
+        chunks: Vec<Vec<u8>>,
+    ) -> Result<(), TestCaseError> {
         let mut buf = BytesMut::new();
         for chunk in chunks {
             buf.extend_from_slice(&chunk);

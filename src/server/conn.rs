@@ -393,7 +393,10 @@ mod fuzz {
     /// Serves `input` (then EOF) with an echo service; returns what the
     /// server wrote.
     fn serve(framing: Framing, max: usize, depth: usize, input: Vec<u8>, split: usize) -> Vec<u8> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let (client, server) = tokio::io::duplex(1024);
             let cfg = ConnConfig {
@@ -423,7 +426,10 @@ mod fuzz {
             let mut out = Vec::new();
             let reader = rd.read_to_end(&mut out);
             let (_, _) = tokio::join!(writer, reader);
-            tokio::time::timeout(Duration::from_secs(10), serving).await.expect("the connection ended").unwrap();
+            tokio::time::timeout(Duration::from_secs(10), serving)
+                .await
+                .expect("the connection ended")
+                .unwrap();
             out
         })
     }
@@ -474,11 +480,13 @@ mod fuzz {
             f
         });
         let garbage = prop::collection::vec(any::<u8>(), 0..40);
-        let line = prop::collection::vec(prop_oneof![Just(b'a'), Just(b'\r'), Just(b'z')], 0..120).prop_map(|mut l| {
-            l.push(b'\n');
-            l
-        });
-        prop::collection::vec(prop_oneof![4 => frame, 1 => garbage, 3 => line], 0..16).prop_map(|parts| parts.concat())
+        let line = prop::collection::vec(prop_oneof![Just(b'a'), Just(b'\r'), Just(b'z')], 0..120)
+            .prop_map(|mut l| {
+                l.push(b'\n');
+                l
+            });
+        prop::collection::vec(prop_oneof![4 => frame, 1 => garbage, 3 => line], 0..16)
+            .prop_map(|parts| parts.concat())
     }
 
     proptest! {

@@ -277,7 +277,11 @@ impl<F: MakeTransport> Builder<F> {
     ///
     /// Do not grant `GENERIC_WRITE` to anyone you do not trust: it includes
     /// `FILE_CREATE_PIPE_INSTANCE`, which lets them create rogue instances of
-    /// the name. Grant `GENERIC_READ | FILE_WRITE_DATA` (`"GRWD"`) instead.
+    /// the name. For clients, grant `FILE_GENERIC_READ | FILE_WRITE_DATA |
+    /// FILE_WRITE_ATTRIBUTES` (`0x12018b`; the last is needed to switch a
+    /// client handle to message read mode), e.g.
+    /// `"D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;0x12018b;;;AU)"` for every
+    /// authenticated user. See `docs/security.md`.
     pub fn sddl(mut self, sddl: Option<&str>) -> Self {
         self.listen.sddl = sddl.map(str::to_owned);
         self

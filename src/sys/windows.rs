@@ -468,7 +468,12 @@ fn count_system_handles() -> Option<u32> {
         let mut needed = 0u32;
         // Safety: `buf` is writable for its whole length, which is passed.
         let status = unsafe {
-            NtQuerySystemInformation(SYSTEM_HANDLE_INFORMATION, buf.as_mut_ptr().cast(), buf.len() as u32, &mut needed)
+            NtQuerySystemInformation(
+                SYSTEM_HANDLE_INFORMATION,
+                buf.as_mut_ptr().cast(),
+                buf.len() as u32,
+                &mut needed,
+            )
         };
         match status {
             0 => break,
