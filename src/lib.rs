@@ -113,6 +113,55 @@ pub mod test_support {
         None
     }
 
+    /// CPU time and memory of a child process (for benchmarks that run the
+    /// server in a child).
+    #[derive(Clone, Copy, Debug)]
+    pub struct Usage {
+        /// User + kernel CPU time.
+        pub cpu: std::time::Duration,
+        /// Resident memory (working set) now, in bytes.
+        pub rss: u64,
+        /// Peak resident memory (working set), in bytes.
+        pub peak_rss: u64,
+    }
+
+    /// What `child` has used so far; `None` where the system does not say.
+    pub fn child_usage(child: &std::process::Child) -> Option<Usage> {
+        #[cfg(windows)]
+        return crate::sys::child_usage(child).map(|(cpu, rss, peak_rss)| Usage {
+            cpu,
+            rss,
+            peak_rss,
+        });
+        #[cfg(target_os = "linux")]
+        return linux_usage(child.id());
+        #[cfg(not(any(windows, target_os = "linux")))]
+        {
+            let _ = child;
+            None
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn linux_usage(pid: u32) -> Option<Usage> {
+        // utime and stime are fields 14 and 15 of /proc/PID/stat, in clock
+        // ticks of USER_HZ (100 on Linux), after the parenthesised name.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kib = |key: &str| -> Option<u64> {
+            let line = status.lines().find(|l| l.starts_with(key))?;
+            Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+        };
+        Some(Usage {
+            cpu: std::time::Duration::from_millis(ticks * 10),
+            rss: kib("VmRSS:")?,
+            peak_rss: kib("VmHWM:")?,
+        })
+    }
+
     /// The DACL of the pipe behind `handle`, as SDDL.
     #[cfg(windows)]
     pub fn dacl_sddl(handle: std::os::windows::io::BorrowedHandle<'_>) -> std::io::Result<String> {

@@ -52,7 +52,10 @@ async fn the_socket_is_never_seen_with_looser_permissions_than_0600() {
         // Not vacuous: the watcher saw this socket at least once.
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while seen.load(Ordering::Relaxed) == sightings {
-            assert!(std::time::Instant::now() < deadline, "the watcher never saw the socket");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher never saw the socket"
+            );
             std::thread::yield_now();
         }
         let md = fs::symlink_metadata(&path).unwrap();

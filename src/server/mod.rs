@@ -33,8 +33,8 @@ use crate::{
     sys, Address, Error,
 };
 
-/// The most instances a pipe name can have (255 means "unlimited" to
-/// Windows).
+/// The most instances a Windows pipe name can have (255 means "unlimited"
+/// to Windows). On Unix the limit is 65536 connections at once.
 pub const MAX_INSTANCES: usize = 254;
 
 /// Whether a Windows pipe carries a byte stream or messages.
@@ -184,7 +184,8 @@ impl<F: MakeTransport> Builder<F> {
     /// and each is reused client after client, so this many clients can
     /// connect at the same moment without `ERROR_PIPE_BUSY`. It is also
     /// `nMaxInstances` of `CreateNamedPipe`: 1 to 254. On Unix it bounds the
-    /// connections served at once; further clients wait in the listen backlog.
+    /// connections served at once (1 to 65536); further clients wait in the
+    /// listen backlog.
     pub fn instances(mut self, n: usize) -> Self {
         self.listen.instances = n;
         self
@@ -335,9 +336,10 @@ impl<F: MakeTransport> Builder<F> {
     pub fn bind(self, name: &str) -> Result<Server<F>, Error> {
         let address = Address::new(name)?;
         let mut listen = self.listen.clone();
-        if !(1..=MAX_INSTANCES).contains(&listen.instances) {
+        if !(1..=sys::MAX_INSTANCES).contains(&listen.instances) {
             return Err(Error::config(format!(
-                "instances must be 1 to {MAX_INSTANCES}, got {}",
+                "instances must be 1 to {}, got {}",
+                sys::MAX_INSTANCES,
                 listen.instances
             )));
         }

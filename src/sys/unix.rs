@@ -40,6 +40,9 @@ const MAX_PATH: usize = 103;
 )))]
 const MAX_PATH: usize = 107;
 
+/// The most connections served at once.
+pub(crate) const MAX_INSTANCES: usize = 1 << 16;
+
 /// Unix sockets are byte streams: message framing is Windows-only.
 pub(crate) const MESSAGE_PIPES: bool = false;
 

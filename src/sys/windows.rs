@@ -46,7 +46,7 @@ use windows_sys::Win32::{
         LibraryLoader::{GetModuleHandleW, GetProcAddress},
         Pipes::GetNamedPipeClientProcessId,
         ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS},
-        Threading::{GetCurrentProcess, GetProcessHandleCount},
+        Threading::{GetCurrentProcess, GetProcessHandleCount, GetProcessTimes},
     },
 };
 
@@ -55,6 +55,9 @@ use crate::{
     error::{Error, Kind},
     server::{pool, ListenOptions},
 };
+
+/// The most instances of a pipe name (255 means "unlimited" to Windows).
+pub(crate) const MAX_INSTANCES: usize = crate::server::MAX_INSTANCES;
 
 /// Windows pipes carry messages: message framing is available.
 pub(crate) const MESSAGE_PIPES: bool = true;
@@ -552,4 +555,34 @@ pub(crate) fn working_set() -> Option<u64> {
     // size is given.
     let ok = unsafe { K32GetProcessMemoryInfo(GetCurrentProcess(), &mut counters, counters.cb) };
     (ok != 0).then_some(counters.WorkingSetSize as u64)
+}
+
+/// CPU time, working set and peak working set of `child`.
+pub(crate) fn child_usage(child: &std::process::Child) -> Option<(std::time::Duration, u64, u64)> {
+    let handle = child.as_raw_handle() as HANDLE;
+    let zero = windows_sys::Win32::Foundation::FILETIME {
+        dwLowDateTime: 0,
+        dwHighDateTime: 0,
+    };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    // Safety: the handle belongs to `child`, borrowed for the call; the four
+    // out pointers are valid.
+    let ok = unsafe { GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) };
+    if ok == 0 {
+        return None;
+    }
+    let hundred_ns = |t: windows_sys::Win32::Foundation::FILETIME| {
+        (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime)
+    };
+    let cpu = std::time::Duration::from_nanos((hundred_ns(kernel) + hundred_ns(user)) * 100);
+    // Safety: PROCESS_MEMORY_COUNTERS is plain data, valid when zeroed.
+    let mut counters: PROCESS_MEMORY_COUNTERS = unsafe { std::mem::zeroed() };
+    counters.cb = size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
+    // Safety: as above, with `counters` valid and its size given.
+    let ok = unsafe { K32GetProcessMemoryInfo(handle, &mut counters, counters.cb) };
+    (ok != 0).then_some((
+        cpu,
+        counters.WorkingSetSize as u64,
+        counters.PeakWorkingSetSize as u64,
+    ))
 }
