@@ -279,7 +279,7 @@ impl<F: MakeTransport> Builder<F> {
             timeout: self.connect_timeout,
         };
         let (io, retries) = connect::connect(&address, &opts).await?;
-        let transport = self.framing.transport(io);
+        let transport = self.framing.transport(io, Default::default());
         let (calls, rx) = mpsc::channel(self.pipeline_depth);
         tokio::spawn(driver::drive(transport, rx, self.pipeline_depth));
         Ok(Client {

@@ -6,14 +6,15 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
+use tokio_util::codec::Decoder;
 
 use super::{
+    framed::FramedBytes,
     message::MessageTransport,
-    transport::{private, CodecTransport, MakeTransport, Transport},
+    transport::{private, Buffers, MakeTransport, Transport},
     Framing, LineCodec, MAX_MESSAGE_LEN,
 };
 
@@ -61,42 +62,55 @@ impl MakeTransport for BuiltinFraming {
     fn transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
         io: Io,
+        buffers: Buffers,
     ) -> BuiltinTransport<Io> {
         let max = self.max_frame_len;
         BuiltinTransport(match self.framing {
             Framing::LengthDelimited => {
-                Inner::Codec(CodecTransport(Framed::new(io, BytesCodec::length(max))))
+                Inner::Framed(FramedBytes::new(io, BytesCodec::length(max), buffers))
             }
-            Framing::Lines => Inner::Codec(CodecTransport(Framed::new(
+            Framing::Lines => Inner::Framed(FramedBytes::new(
                 io,
                 BytesCodec::Lines(LineCodec::new(max)),
-            ))),
-            Framing::Message => Inner::Message(MessageTransport::new(io, max)),
+                buffers,
+            )),
+            Framing::Message => Inner::Message(MessageTransport::new(io, max, buffers)),
         })
     }
 
     fn message_mode(&self) -> bool {
         self.framing == Framing::Message
     }
+
+    fn frame_len(frame: &Bytes) -> usize {
+        frame.len()
+    }
 }
 
 /// The built-in codecs over a byte stream.
 #[derive(Debug)]
 pub(crate) enum BytesCodec {
+    /// tokio-util's `LengthDelimitedCodec` wire format (4-byte big-endian
+    /// length, then the payload), decoded without state: that codec
+    /// reserves room for the next head while the frame it just returned is
+    /// alive, which costs a fresh buffer per large frame.
     Length {
-        inner: LengthDelimitedCodec,
         max: usize,
     },
     Lines(LineCodec),
 }
 
 impl BytesCodec {
-    fn length(max: usize) -> Self {
-        BytesCodec::Length {
-            inner: LengthDelimitedCodec::builder()
-                .max_frame_length(max)
-                .new_codec(),
-            max,
+    /// The length-delimited codec, frames up to `max` bytes.
+    pub(crate) fn length(max: usize) -> Self {
+        BytesCodec::Length { max }
+    }
+
+    /// The longest frame, either way.
+    pub(crate) fn max_frame_len(&self) -> usize {
+        match self {
+            BytesCodec::Length { max } => *max,
+            BytesCodec::Lines(lines) => lines.max_length(),
         }
     }
 }
@@ -109,11 +123,22 @@ impl Decoder for BytesCodec {
         match self {
             // tokio-util checks the length against the limit before it
             // reserves anything for the frame.
-            BytesCodec::Length { inner, max } => match inner.decode(src) {
-                Ok(frame) => Ok(frame.map(BytesMut::freeze)),
-                Err(e) if super::is_frame_too_large(&e) => Err(super::frame_over(*max)),
-                Err(e) => Err(e),
-            },
+            BytesCodec::Length { max } => {
+                let Some(head) = src.get(..4) else {
+                    return Ok(None);
+                };
+                let len = u32::from_be_bytes(head.try_into().expect("4 bytes")) as usize;
+                // Checked before anything is reserved for the frame.
+                if len > *max {
+                    return Err(super::frame_too_large(len as u64, *max));
+                }
+                if src.len() < 4 + len {
+                    src.reserve(4 + len - src.len());
+                    return Ok(None);
+                }
+                src.advance(4);
+                Ok(Some(src.split_to(len).freeze()))
+            }
             BytesCodec::Lines(lines) => lines.decode(src),
         }
     }
@@ -136,29 +161,13 @@ impl Decoder for BytesCodec {
     }
 }
 
-impl Encoder<Bytes> for BytesCodec {
-    type Error = io::Error;
-
-    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> io::Result<()> {
-        match self {
-            BytesCodec::Length { inner, max } => {
-                if frame.len() > *max {
-                    return Err(super::frame_too_large(frame.len() as u64, *max));
-                }
-                inner.encode(frame, dst)
-            }
-            BytesCodec::Lines(lines) => lines.encode(frame, dst),
-        }
-    }
-}
-
 /// The transport of a built-in framing.
 #[derive(Debug)]
 pub struct BuiltinTransport<Io>(Inner<Io>);
 
 #[derive(Debug)]
 enum Inner<Io> {
-    Codec(CodecTransport<Io, BytesCodec>),
+    Framed(FramedBytes<Io>),
     Message(MessageTransport<Io>),
 }
 
@@ -167,7 +176,7 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Stream for BuiltinTransport<Io> {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match &mut self.get_mut().0 {
-            Inner::Codec(t) => Pin::new(t).poll_next(cx),
+            Inner::Framed(t) => Pin::new(t).poll_next(cx),
             Inner::Message(t) => Pin::new(t).poll_next(cx),
         }
     }
@@ -178,28 +187,28 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for BuiltinTransport<Io> {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().0 {
-            Inner::Codec(t) => Pin::new(t).poll_ready(cx),
+            Inner::Framed(t) => Pin::new(t).poll_ready(cx),
             Inner::Message(t) => Pin::new(t).poll_ready(cx),
         }
     }
 
     fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
         match &mut self.get_mut().0 {
-            Inner::Codec(t) => Pin::new(t).start_send(frame),
+            Inner::Framed(t) => Pin::new(t).start_send(frame),
             Inner::Message(t) => Pin::new(t).start_send(frame),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().0 {
-            Inner::Codec(t) => Pin::new(t).poll_flush(cx),
+            Inner::Framed(t) => Pin::new(t).poll_flush(cx),
             Inner::Message(t) => Pin::new(t).poll_flush(cx),
         }
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match &mut self.get_mut().0 {
-            Inner::Codec(t) => Pin::new(t).poll_close(cx),
+            Inner::Framed(t) => Pin::new(t).poll_close(cx),
             Inner::Message(t) => Pin::new(t).poll_close(cx),
         }
     }
@@ -208,10 +217,10 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for BuiltinTransport<Io> {
 impl<Io: AsyncRead + AsyncWrite + Unpin + Send> Transport<Io, Bytes, Bytes>
     for BuiltinTransport<Io>
 {
-    fn into_io(self) -> Io {
+    fn into_parts(self) -> (Io, Buffers) {
         match self.0 {
-            Inner::Codec(t) => t.into_io(),
-            Inner::Message(t) => t.into_io(),
+            Inner::Framed(t) => t.into_parts(),
+            Inner::Message(t) => t.into_parts(),
         }
     }
 }
@@ -227,7 +236,7 @@ mod tests {
         let cap = buf.capacity();
         let err = codec.decode(&mut buf).unwrap_err();
         assert!(super::super::is_frame_too_large(&err));
-        assert!(err.to_string().contains("1024"), "{err}");
+        assert!(err.to_string().contains("4294967295"), "{err}");
         assert_eq!(buf.capacity(), cap);
     }
 
@@ -242,12 +251,9 @@ mod tests {
     }
 
     #[test]
-    fn length_frames_round_trip_including_empty() {
+    fn length_frames_decode_including_empty() {
         let mut codec = BytesCodec::length(16);
-        let mut buf = BytesMut::new();
-        codec.encode(Bytes::from_static(b""), &mut buf).unwrap();
-        codec.encode(Bytes::from_static(b"abc"), &mut buf).unwrap();
-        assert_eq!(&buf[..], b"\0\0\0\0\0\0\0\x03abc");
+        let mut buf = BytesMut::from(&b"\0\0\0\0\0\0\0\x03abc"[..]);
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "");
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap(), "abc");
         assert!(codec.decode(&mut buf).unwrap().is_none());

@@ -35,6 +35,11 @@ impl LineCodec {
         }
     }
 
+    /// The longest line, without its newline.
+    pub(crate) fn max_length(&self) -> usize {
+        self.max_length
+    }
+
     fn map(
         &self,
         frame: Result<Option<Bytes>, AnyDelimiterCodecError>,

@@ -11,7 +11,7 @@ use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
-use super::{Transport, MESSAGE_WINDOW};
+use super::{Buffers, Transport, MESSAGE_WINDOW};
 
 /// The transport of [`Framing::Message`](super::Framing::Message).
 ///
@@ -28,11 +28,11 @@ pub struct MessageTransport<Io> {
 }
 
 impl<Io> MessageTransport<Io> {
-    pub(crate) fn new(io: Io, max: usize) -> Self {
+    pub(crate) fn new(io: Io, max: usize, buffers: Buffers) -> Self {
         MessageTransport {
             io,
             max,
-            read_buf: BytesMut::new(),
+            read_buf: buffers.read,
             write: None,
         }
     }
@@ -110,8 +110,8 @@ impl<Io: AsyncWrite + Unpin> Sink<Bytes> for MessageTransport<Io> {
 impl<Io: AsyncRead + AsyncWrite + Unpin + Send> Transport<Io, Bytes, Bytes>
     for MessageTransport<Io>
 {
-    fn into_io(self) -> Io {
-        self.io
+    fn into_parts(self) -> (Io, Buffers) {
+        (self.io, Buffers::keep(self.read_buf, BytesMut::new()))
     }
 }
 
@@ -126,7 +126,7 @@ mod tests {
     #[tokio::test]
     async fn reads_under_the_window_are_frames_and_a_full_window_is_too_large() {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let mut t = MessageTransport::new(server, 4095);
+        let mut t = MessageTransport::new(server, 4095, Buffers::default());
         client.write_all(b"hello").await.unwrap();
         assert_eq!(t.next().await.unwrap().unwrap(), "hello");
         client.write_all(&[7u8; 4095]).await.unwrap();
@@ -143,7 +143,7 @@ mod tests {
     #[tokio::test]
     async fn an_empty_frame_is_refused_before_it_is_written() {
         let (_client, server) = tokio::io::duplex(64);
-        let mut t = MessageTransport::new(server, 4095);
+        let mut t = MessageTransport::new(server, 4095, Buffers::default());
         let err = t.send(Bytes::new()).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }

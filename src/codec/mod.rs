@@ -49,6 +49,7 @@
 //! its own limits.
 
 mod builtin;
+mod framed;
 mod line;
 mod message;
 mod transport;
@@ -59,9 +60,10 @@ pub use bytes::Bytes;
 pub use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 pub use builtin::{BuiltinFraming, BuiltinTransport};
+pub use framed::FramedBytes;
 pub use line::LineCodec;
 pub use message::MessageTransport;
-pub use transport::{Codec, CodecTransport, MakeTransport, Transport};
+pub use transport::{Buffers, Codec, CodecTransport, MakeTransport, Transport};
 
 /// The default maximum frame length: 8 MiB, as tokio-util's
 /// [`LengthDelimitedCodec`].
@@ -108,42 +110,40 @@ impl fmt::Display for Framing {
 /// the limit.
 #[derive(Debug)]
 struct FrameTooLarge {
-    /// The frame's length when known, and whether it is only a lower bound
-    /// (the frame was not read whole).
-    len: Option<(u64, bool)>,
+    /// The frame's length, or a lower bound when the frame was not read whole.
+    len: u64,
+    at_least: bool,
     max: usize,
 }
 
 impl fmt::Display for FrameTooLarge {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.len {
-            Some((len, true)) => write!(f, "frame of at least {len} bytes"),
-            Some((len, false)) => write!(f, "frame of {len} bytes"),
-            None => f.write_str("frame"),
-        }?;
-        write!(f, " is over the limit of {} bytes", self.max)
+        let at_least = if self.at_least { "at least " } else { "" };
+        write!(
+            f,
+            "frame of {at_least}{} bytes is over the limit of {} bytes",
+            self.len, self.max
+        )
     }
 }
 
 impl StdError for FrameTooLarge {}
 
-fn too_large(len: Option<(u64, bool)>, max: usize) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, FrameTooLarge { len, max })
+fn too_large(len: u64, at_least: bool, max: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        FrameTooLarge { len, at_least, max },
+    )
 }
 
 /// An `InvalidData` error for a frame of `len` bytes over `max`.
 pub(crate) fn frame_too_large(len: u64, max: usize) -> io::Error {
-    too_large(Some((len, false)), max)
+    too_large(len, false, max)
 }
 
 /// An `InvalidData` error for a frame of at least `len` bytes over `max`.
 pub(crate) fn frame_at_least(len: u64, max: usize) -> io::Error {
-    too_large(Some((len, true)), max)
-}
-
-/// An `InvalidData` error for a frame of unknown length over `max`.
-pub(crate) fn frame_over(max: usize) -> io::Error {
-    too_large(None, max)
+    too_large(len, true, max)
 }
 
 /// Whether `e` is a frame over the limit: ours, or one of tokio-util's codecs'.

@@ -8,9 +8,10 @@ use std::{
     task::{Context, Poll},
 };
 
+use bytes::BytesMut;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
 
 use crate::error::{into_io, BoxError};
 
@@ -34,10 +35,12 @@ pub trait MakeTransport: Clone + Send + Sync + 'static + private::Sealed {
         Self::Out,
     >;
 
+    /// Frames `io`, starting from `buffers` left by an earlier connection.
     #[doc(hidden)]
     fn transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
         io: Io,
+        buffers: Buffers,
     ) -> Self::Transport<Io>;
 
     /// Whether the framing needs a message-mode pipe.
@@ -45,15 +48,51 @@ pub trait MakeTransport: Clone + Send + Sync + 'static + private::Sealed {
     fn message_mode(&self) -> bool {
         false
     }
+
+    /// The bytes a frame holds, for read-ahead budgets; 0 when unknown.
+    #[doc(hidden)]
+    fn frame_len(_frame: &Self::In) -> usize {
+        0
+    }
 }
 
-/// A framed connection: frames in, frames out, and the I/O object back at the
-/// end (to wait for the peer's EOF before disconnecting).
+/// A framed connection: frames in, frames out, and at the end the I/O object
+/// (to wait for the peer's EOF before disconnecting) and the buffers (for the
+/// next connection on the same instance).
 pub trait Transport<Io, In, Out>:
     Stream<Item = io::Result<In>> + Sink<Out, Error = io::Error> + Unpin + Send
 {
-    /// Gives back the I/O object. Bytes buffered but not decoded are dropped.
-    fn into_io(self) -> Io;
+    /// Gives back the I/O object and the buffers, emptied. Bytes buffered but
+    /// not decoded, or not written, are dropped.
+    fn into_parts(self) -> (Io, Buffers);
+}
+
+/// Read and write buffers kept by an instance from one connection to the
+/// next, so that a new client costs no allocation.
+#[derive(Debug, Default)]
+pub struct Buffers {
+    pub(crate) read: BytesMut,
+    pub(crate) write: BytesMut,
+}
+
+/// Buffers larger than this are dropped rather than kept for the next
+/// connection: an instance does not hold on to the memory of one big frame.
+const KEEP_AT_MOST: usize = 64 * 1024;
+
+impl Buffers {
+    /// Keeps `read` and `write` (emptied) unless they grew large.
+    pub(crate) fn keep(mut read: BytesMut, mut write: BytesMut) -> Buffers {
+        let keep = |b: &mut BytesMut| {
+            if b.capacity() > KEEP_AT_MOST {
+                *b = BytesMut::new();
+            } else {
+                b.clear();
+            }
+        };
+        keep(&mut read);
+        keep(&mut write);
+        Buffers { read, write }
+    }
 }
 
 pub(crate) mod private {
@@ -113,8 +152,12 @@ where
     fn transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
         io: Io,
+        buffers: Buffers,
     ) -> CodecTransport<Io, C> {
-        CodecTransport(Framed::new(io, self.0.clone()))
+        let mut parts = FramedParts::new::<Out>(io, self.0.clone());
+        parts.read_buf = buffers.read;
+        parts.write_buf = buffers.write;
+        CodecTransport(Framed::from_parts(parts))
     }
 }
 
@@ -169,7 +212,8 @@ where
     <C as Decoder>::Error: Into<BoxError>,
     <C as Encoder<Out>>::Error: Into<BoxError>,
 {
-    fn into_io(self) -> Io {
-        self.0.into_inner()
+    fn into_parts(self) -> (Io, Buffers) {
+        let parts = self.0.into_parts();
+        (parts.io, Buffers::keep(parts.read_buf, parts.write_buf))
     }
 }

@@ -29,6 +29,10 @@ use tower_service::Service;
 
 use crate::error::BoxError;
 
+/// Requests read ahead hold at most about this many bytes (at least one
+/// request is always read), so that large frames are not queued by the dozen.
+const READ_AHEAD_BYTES: usize = 64 * 1024;
+
 /// Per-connection settings, from the server builder.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnConfig {
@@ -125,6 +129,7 @@ pub(crate) async fn dispatch<T, S, Req>(
     shutdown: &CancellationToken,
     error_reply: Option<&ErrorReply<S::Response>>,
     observer: impl Observer,
+    weigh: fn(&Req) -> usize,
 ) -> End
 where
     T: Stream<Item = io::Result<Req>> + Sink<S::Response, Error = io::Error> + Unpin,
@@ -150,6 +155,8 @@ where
         write: cfg.write_timeout.map(|t| (t, Box::pin(sleep(t)), false)),
         error_reply,
         observer,
+        weigh,
+        queued_bytes: 0,
     };
     std::future::poll_fn(|cx| d.poll(cx)).await
 }
@@ -177,6 +184,10 @@ struct Dispatcher<'a, T, S: Service<Req>, Req, O> {
     write: Option<(Duration, Pin<Box<Sleep>>, bool)>,
     error_reply: Option<&'a ErrorReply<S::Response>>,
     observer: O,
+    /// The bytes a request holds (0 when the framing cannot tell).
+    weigh: fn(&Req) -> usize,
+    /// The bytes of the requests in `queue`.
+    queued_bytes: usize,
 }
 
 impl<T, S, Req, O> Dispatcher<'_, T, S, Req, O>
@@ -214,6 +225,7 @@ where
     fn fail(&mut self, end: End) {
         self.reading = false;
         self.queue.clear();
+        self.queued_bytes = 0;
         self.in_flight = FuturesOrdered::new();
         if matches!(self.end, None | Some(End::Eof | End::Shutdown)) {
             self.end = Some(end);
@@ -225,14 +237,19 @@ where
         loop {
             let mut progress = false;
 
-            // Read while there is room for another request.
-            while self.reading && self.queue.len() + self.in_flight.len() < self.depth {
+            // Read while there is room for another request: fewer than
+            // `depth` unanswered, and under the byte budget (or none queued).
+            while self.reading
+                && self.queue.len() + self.in_flight.len() < self.depth
+                && (self.queue.is_empty() || self.queued_bytes < READ_AHEAD_BYTES)
+            {
                 if self.shutdown.as_mut().poll(cx).is_ready() {
                     self.stop(End::Shutdown);
                     break;
                 }
                 match Pin::new(&mut *self.transport).poll_next(cx) {
                     Poll::Ready(Some(Ok(req))) => {
+                        self.queued_bytes += (self.weigh)(&req);
                         self.queue.push_back(req);
                         progress = true;
                     }
@@ -247,6 +264,7 @@ where
                 match self.svc.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let req = self.queue.pop_front().expect("queue is not empty");
+                        self.queued_bytes -= (self.weigh)(&req);
                         self.in_flight.push_back(self.svc.call(req));
                         progress = true;
                     }
@@ -407,11 +425,13 @@ mod fuzz {
                 write_timeout: Some(Duration::from_secs(5)),
             };
             let serving = tokio::spawn(async move {
-                let mut transport = BuiltinFraming::new(framing, max).transport(server);
+                let mut transport =
+                    BuiltinFraming::new(framing, max).transport(server, Default::default());
                 let echo = tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) });
                 let token = CancellationToken::new();
-                let end = dispatch(&mut transport, echo, &cfg, &token, None, Ignore).await;
-                let mut io = transport.into_io();
+                let end =
+                    dispatch(&mut transport, echo, &cfg, &token, None, Ignore, Bytes::len).await;
+                let (mut io, _) = transport.into_parts();
                 close(&mut io, &end, Instant::now() + cfg.linger).await;
             });
             let (mut rd, mut wr) = tokio::io::split(client);

@@ -35,7 +35,7 @@ use super::{
     ConnectionInfo,
 };
 use crate::{
-    codec::{MakeTransport, Transport},
+    codec::{Buffers, MakeTransport, Transport},
     error::BoxError,
 };
 
@@ -165,6 +165,8 @@ pub(crate) async fn run_instance<L, F, M>(
     <M::Service as Service<F::In>>::Error: Into<BoxError> + Send,
 {
     let mut backoff = Backoff(Backoff::FIRST);
+    // Read and write buffers, reused client after client.
+    let mut buffers = Buffers::default();
     loop {
         let listening = shared.counters.listening();
         let accepted = tokio::select! {
@@ -194,10 +196,11 @@ pub(crate) async fn run_instance<L, F, M>(
         };
         let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, pid);
         let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid = pid);
-        let served =
-            AssertUnwindSafe(serve_one(io, info, &mut make, &shared).instrument(span.clone()))
-                .catch_unwind()
-                .await;
+        let served = AssertUnwindSafe(
+            serve_one(io, info, &mut make, &shared, &mut buffers).instrument(span.clone()),
+        )
+        .catch_unwind()
+        .await;
         match served {
             Ok(io) => {
                 if let Err(e) = slot.release(io).await {
@@ -241,7 +244,13 @@ impl Observer for Count<'_> {
 }
 
 /// Serves one client and returns the I/O object for disconnecting.
-async fn serve_one<Io, F, M>(io: Io, info: ConnectionInfo, make: &mut M, shared: &Shared<F>) -> Io
+async fn serve_one<Io, F, M>(
+    io: Io,
+    info: ConnectionInfo,
+    make: &mut M,
+    shared: &Shared<F>,
+    buffers: &mut Buffers,
+) -> Io
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: MakeTransport,
@@ -259,7 +268,7 @@ where
             return io;
         }
     };
-    let mut transport = shared.framing.transport(io);
+    let mut transport = shared.framing.transport(io, std::mem::take(buffers));
     let end = conn::dispatch(
         &mut transport,
         svc,
@@ -267,9 +276,12 @@ where
         &shared.shutdown,
         shared.error_reply.as_deref(),
         Count(&shared.counters),
+        F::frame_len,
     )
     .await;
-    let mut io = transport.into_io();
+    let (mut io, kept) = transport.into_parts();
+    // The next client of this instance reuses them.
+    *buffers = kept;
     // After a shutdown the client may take until the drain deadline to read
     // its last replies; otherwise the linger timeout applies.
     let linger = Instant::now() + shared.conn.linger;

@@ -1,0 +1,297 @@
+//! The transport of length-delimited and line framing.
+//!
+//! Like tokio-util's `Framed`, but built for echo-like traffic: frames are
+//! handed out as `Bytes` that share the read buffer (no copy), and replies
+//! are queued as `Bytes` and written with vectored writes, so a large reply
+//! is never copied in user space. Small pieces (length prefixes, newlines,
+//! frames under 1 KiB) are coalesced into one buffer, so a batch of small
+//! replies still goes out in one `writev`.
+
+use std::{
+    collections::VecDeque,
+    io::{self, IoSlice},
+    pin::Pin,
+    task::{ready, Context, Poll},
+};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Sink, Stream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::{codec::Decoder, io::poll_read_buf};
+
+use super::{builtin::BytesCodec, Buffers, Transport};
+
+/// Spare room kept in the read buffer before each read.
+const READ_CHUNK: usize = 8 * 1024;
+/// Frames smaller than this are copied into the coalescing buffer; larger
+/// ones are written from where they are.
+const COPY_BELOW: usize = 1024;
+/// Queued reply bytes above which `poll_ready` flushes first.
+const HIGH_WATER: usize = 64 * 1024;
+/// The most slices handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+/// The transport of [`Framing::LengthDelimited`](super::Framing) and
+/// [`Framing::Lines`](super::Framing).
+#[derive(Debug)]
+pub struct FramedBytes<Io> {
+    io: Io,
+    decoder: BytesCodec,
+    read_buf: BytesMut,
+    eof: bool,
+    errored: bool,
+    write: WriteQueue,
+}
+
+impl<Io> FramedBytes<Io> {
+    pub(crate) fn new(io: Io, decoder: BytesCodec, buffers: Buffers) -> Self {
+        FramedBytes {
+            io,
+            decoder,
+            read_buf: buffers.read,
+            eof: false,
+            errored: false,
+            write: WriteQueue::new(buffers.write),
+        }
+    }
+}
+
+impl<Io: AsyncRead + Unpin> Stream for FramedBytes<Io> {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            if this.errored {
+                return Poll::Ready(None);
+            }
+            let frame = if this.eof {
+                this.decoder.decode_eof(&mut this.read_buf)
+            } else {
+                this.decoder.decode(&mut this.read_buf)
+            };
+            match frame {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(None) if this.eof => return Poll::Ready(None),
+                Ok(None) => {}
+                Err(e) => {
+                    this.errored = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            let spare = this.read_buf.capacity() - this.read_buf.len();
+            if spare < READ_CHUNK && !this.read_buf.try_reclaim(READ_CHUNK) {
+                if this.read_buf.is_empty() {
+                    // The buffer's memory is still held by frames in use (a
+                    // reply being written): reserving now would allocate a
+                    // new buffer for data that may be far off. Read into the
+                    // stack; by the time data comes, the old buffer is
+                    // usually free again and is reused.
+                    let mut probe = [0u8; READ_CHUNK];
+                    let mut probe = ReadBuf::new(&mut probe);
+                    let read = ready!(Pin::new(&mut this.io).poll_read(cx, &mut probe));
+                    match read {
+                        Ok(()) if probe.filled().is_empty() => this.eof = true,
+                        Ok(()) => this.read_buf.extend_from_slice(probe.filled()),
+                        Err(e) => {
+                            this.errored = true;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                    continue;
+                }
+                this.read_buf.reserve(READ_CHUNK);
+            }
+            match ready!(poll_read_buf(
+                Pin::new(&mut this.io),
+                cx,
+                &mut this.read_buf
+            )) {
+                Ok(0) => this.eof = true,
+                Ok(_) => {}
+                Err(e) => {
+                    this.errored = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+        }
+    }
+}
+
+impl<Io: AsyncWrite + Unpin> Sink<Bytes> for FramedBytes<Io> {
+    type Error = io::Error;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.write.queued >= HIGH_WATER {
+            ready!(this.write.poll_flush(Pin::new(&mut this.io), cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
+        let this = self.get_mut();
+        let max = this.decoder.max_frame_len();
+        if frame.len() > max {
+            return Err(super::frame_too_large(frame.len() as u64, max));
+        }
+        match this.decoder {
+            BytesCodec::Length { .. } => {
+                this.write
+                    .push(&(frame.len() as u32).to_be_bytes(), frame, b"")
+            }
+            BytesCodec::Lines(_) => this.write.push(b"", frame, b"\n"),
+        }
+        Ok(())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.write.poll_flush(Pin::new(&mut this.io), cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.write.poll_flush(Pin::new(&mut this.io), cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl<Io: AsyncRead + AsyncWrite + Unpin + Send> Transport<Io, Bytes, Bytes> for FramedBytes<Io> {
+    fn into_parts(self) -> (Io, Buffers) {
+        let buffers = Buffers::keep(self.read_buf, self.write.small);
+        (self.io, buffers)
+    }
+}
+
+/// Replies waiting to be written, in order.
+#[derive(Debug)]
+struct WriteQueue {
+    /// Pieces ready to write, oldest first.
+    chunks: VecDeque<Bytes>,
+    /// Small pieces written after `chunks`, coalesced.
+    small: BytesMut,
+    /// Bytes in `chunks` and `small`.
+    queued: usize,
+}
+
+impl WriteQueue {
+    fn new(small: BytesMut) -> Self {
+        WriteQueue {
+            chunks: VecDeque::new(),
+            small,
+            queued: 0,
+        }
+    }
+
+    fn push(&mut self, prefix: &[u8], frame: Bytes, suffix: &[u8]) {
+        self.queued += prefix.len() + frame.len() + suffix.len();
+        self.small.extend_from_slice(prefix);
+        if frame.len() < COPY_BELOW {
+            self.small.extend_from_slice(&frame);
+        } else {
+            if !self.small.is_empty() {
+                self.chunks.push_back(self.small.split().freeze());
+            }
+            self.chunks.push_back(frame);
+        }
+        self.small.extend_from_slice(suffix);
+    }
+
+    fn poll_flush<Io: AsyncWrite>(
+        &mut self,
+        mut io: Pin<&mut Io>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.small.is_empty() {
+            self.chunks.push_back(self.small.split().freeze());
+        }
+        while !self.chunks.is_empty() {
+            let n = if io.is_write_vectored() {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut k = 0;
+                for (slot, chunk) in slices.iter_mut().zip(&self.chunks) {
+                    *slot = IoSlice::new(chunk);
+                    k += 1;
+                }
+                ready!(io.as_mut().poll_write_vectored(cx, &slices[..k]))?
+            } else {
+                ready!(io.as_mut().poll_write(cx, &self.chunks[0]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.advance(n);
+        }
+        io.poll_flush(cx)
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let first = self.chunks.front_mut().expect("wrote more than was queued");
+            if n < first.len() {
+                first.advance(n);
+                return;
+            }
+            n -= first.len();
+            self.chunks.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn replies_of_every_size_are_written_in_order_and_whole() {
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let mut t = FramedBytes::new(io, BytesCodec::length(1 << 20), Buffers::default());
+        let frames: Vec<Bytes> = [0usize, 1, 100, 1023, 1024, 5000, 70_000]
+            .iter()
+            .map(|&n| Bytes::from(vec![n as u8; n]))
+            .collect();
+        for f in &frames {
+            t.feed(f.clone()).await.unwrap();
+        }
+        t.flush().await.unwrap();
+        drop(t);
+        let mut wire = Vec::new();
+        peer.read_to_end(&mut wire).await.unwrap();
+        let mut expected = Vec::new();
+        for f in &frames {
+            expected.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            expected.extend_from_slice(f);
+        }
+        assert_eq!(wire, expected);
+    }
+
+    #[tokio::test]
+    async fn frames_are_read_across_reads_and_lines_get_their_newline() {
+        let (mut peer, io) = tokio::io::duplex(64);
+        let mut t = FramedBytes::new(
+            io,
+            BytesCodec::Lines(super::super::LineCodec::new(100)),
+            Buffers::default(),
+        );
+        let writer = tokio::spawn(async move {
+            peer.write_all(b"one\ntw").await.unwrap();
+            peer.write_all(b"o\r\nthree").await.unwrap();
+            peer.shutdown().await.unwrap();
+            peer
+        });
+        assert_eq!(t.next().await.unwrap().unwrap(), "one");
+        assert_eq!(t.next().await.unwrap().unwrap(), "two");
+        assert_eq!(t.next().await.unwrap().unwrap(), "three");
+        assert!(t.next().await.is_none());
+        t.send(Bytes::from("reply")).await.unwrap();
+        let mut peer = writer.await.unwrap();
+        let mut got = [0u8; 6];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"reply\n");
+    }
+}
