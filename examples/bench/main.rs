@@ -84,18 +84,21 @@ struct Options {
     idle: usize,
     connect_all: usize,
     depth: usize,
+    /// Only these cells (clients, payload, depth), when given.
+    only: Option<Vec<(usize, usize, usize)>>,
 }
 
 fn parse() -> Result<Options, String> {
     let mut o = Options {
-        duration: Duration::from_millis(1000),
-        rounds: 2,
+        duration: Duration::from_millis(500),
+        rounds: 5,
         clients: vec![1, 16, 64],
         payloads: vec![64, 4096, 256 * 1024],
         depths: vec![1, 16],
         idle: if cfg!(windows) { 250 } else { 1000 },
         connect_all: 254,
         depth: 16,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -106,6 +109,22 @@ fn parse() -> Result<Options, String> {
             }
             "--rounds" => o.rounds = value()?.parse().map_err(|e| format!("{e}"))?,
             "--server-depth" => o.depth = value()?.parse().map_err(|e| format!("{e}"))?,
+            "--cells" => {
+                let cells = value()?
+                    .split(',')
+                    .map(|c| {
+                        let n: Vec<usize> = c
+                            .split('x')
+                            .map(|n| n.parse().map_err(|e| format!("--cells {c}: {e}")))
+                            .collect::<Result<_, _>>()?;
+                        match n[..] {
+                            [clients, payload, depth] => Ok((clients, payload, depth)),
+                            _ => Err(format!("--cells wants CLIENTSxPAYLOADxDEPTH, got {c}")),
+                        }
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                o.only = Some(cells);
+            }
             "--quick" => {
                 o.duration = Duration::from_millis(200);
                 o.rounds = 1;
@@ -168,6 +187,21 @@ fn main() {
     rt.block_on(bench(opts));
 }
 
+/// The median of some ratios.
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
 /// Percentile `p` (0..=100) of sorted microseconds.
 fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -179,6 +213,8 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 
 #[derive(Default)]
 struct Cell {
+    /// Round trips/s and CPU/request of each round.
+    rounds: Vec<(f64, f64)>,
     replies: u64,
     secs: f64,
     latencies: Vec<u32>,
@@ -277,6 +313,12 @@ async fn bench(o: Options) {
     for &clients in &o.clients {
         for &payload in &o.payloads {
             for &depth in &o.depths {
+                if o.only
+                    .as_ref()
+                    .is_some_and(|only| !only.contains(&(clients, payload, depth)))
+                {
+                    continue;
+                }
                 let mut cells = [Cell::default(), Cell::default()];
                 for _ in 0..o.rounds {
                     for (i, s) in servers.iter().enumerate() {
@@ -284,6 +326,11 @@ async fn bench(o: Options) {
                         let run = load::run(&s.address, clients, payload, depth, o.duration).await;
                         let after = s.usage();
                         let c = &mut cells[i];
+                        let cpu = after.cpu.saturating_sub(before.cpu);
+                        c.rounds.push((
+                            run.replies as f64 / run.elapsed.as_secs_f64(),
+                            cpu.as_secs_f64() / run.replies.max(1) as f64,
+                        ));
                         c.replies += run.replies;
                         c.secs += run.elapsed.as_secs_f64();
                         c.latencies.extend(run.latencies);
@@ -296,6 +343,10 @@ async fn bench(o: Options) {
                     c.latencies.sort_unstable();
                 }
                 let [raw, ps] = &cells;
+                // Ratios of each round's pair, alternated within seconds of
+                // each other: the median resists the machine's drift.
+                let rate_ratio = median(raw.rounds.iter().zip(&ps.rounds).map(|(r, p)| p.0 / r.0));
+                let cpu_ratio = median(raw.rounds.iter().zip(&ps.rounds).map(|(r, p)| p.1 / r.1));
                 let size = if payload >= 1024 {
                     format!("{} KiB", payload / 1024)
                 } else {
@@ -310,18 +361,18 @@ async fn bench(o: Options) {
                     "| {clients} | {size} | {depth} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {} | {} | {:.2} | {} / {}{errors} |",
                     raw.rate(),
                     ps.rate(),
-                    ps.rate() / raw.rate(),
+                    rate_ratio,
                     fmt_us(percentile(&raw.latencies, 50.0)),
                     fmt_us(percentile(&raw.latencies, 99.0)),
                     fmt_us(percentile(&ps.latencies, 50.0)),
                     fmt_us(percentile(&ps.latencies, 99.0)),
                     fmt_us(raw.cpu_per_request_us()),
                     fmt_us(ps.cpu_per_request_us()),
-                    ps.cpu_per_request_us() / raw.cpu_per_request_us(),
+                    cpu_ratio,
                     raw.busy,
                     ps.busy,
                 );
-                results.push((clients, payload, depth, cells));
+                results.push((clients, payload, depth, cells, rate_ratio, cpu_ratio));
             }
         }
     }
@@ -342,7 +393,7 @@ async fn bench(o: Options) {
         results
             .iter()
             .find(|r| (r.0, r.1, r.2) == (c, p, d))
-            .map(|r| &r.3)
+            .map(|r| (&r.3, r.4, r.5))
     };
     println!();
     println!("## Targets");
@@ -351,15 +402,13 @@ async fn bench(o: Options) {
     if cfg!(unix) {
         for (c, d) in [(16, 1), (1, 16)] {
             for &p in &o.payloads {
-                if let Some([raw, ps]) = find(c, p, d) {
-                    let ratio = ps.rate() / raw.rate();
+                if let Some((_, ratio, cpu)) = find(c, p, d) {
                     check(
                         format!(
                             "{c} clients, {p} B, depth {d}: round trips {ratio:.2}x raw (>= 0.95)"
                         ),
                         ratio >= 0.95,
                     );
-                    let cpu = ps.cpu_per_request_us() / raw.cpu_per_request_us();
                     check(
                         format!(
                             "{c} clients, {p} B, depth {d}: CPU/request {cpu:.2}x raw (<= 1.05)"
@@ -369,7 +418,7 @@ async fn bench(o: Options) {
                 }
             }
         }
-        if let (Some([_, d1]), Some([_, d16])) = (find(1, 64, 1), find(1, 64, 16)) {
+        if let (Some(([_, d1], ..)), Some(([_, d16], ..))) = (find(1, 64, 1), find(1, 64, 16)) {
             let gain = d16.rate() / d1.rate();
             check(
                 format!("one connection, 64 B: depth 16 is {gain:.1}x depth 1 (>= 10)"),
@@ -383,8 +432,7 @@ async fn bench(o: Options) {
     } else {
         for &p in &o.payloads {
             for &d in &o.depths {
-                if let Some([raw, ps]) = find(16, p, d) {
-                    let ratio = ps.rate() / raw.rate();
+                if let Some(([raw, ps], ratio, _)) = find(16, p, d) {
                     check(
                         format!("16 clients, {p} B, depth {d}: round trips {ratio:.2}x raw (>= 1.0), pipeserve busy retries {} (raw {})", ps.busy, raw.busy),
                         ratio >= 1.0 && ps.busy == 0,

@@ -10,6 +10,7 @@
 use std::{
     collections::VecDeque,
     io::{self, IoSlice},
+    mem::MaybeUninit,
     pin::Pin,
     task::{ready, Context, Poll},
 };
@@ -21,8 +22,10 @@ use tokio_util::{codec::Decoder, io::poll_read_buf};
 
 use super::{builtin::BytesCodec, Buffers, Transport};
 
-/// Spare room kept in the read buffer before each read.
+/// Room made in the read buffer when it runs short.
 const READ_CHUNK: usize = 8 * 1024;
+/// Spare room enough to read into without making more.
+const MIN_SPARE: usize = 1024;
 /// Frames smaller than this are copied into the coalescing buffer; larger
 /// ones are written from where they are.
 const COPY_BELOW: usize = 1024;
@@ -80,15 +83,15 @@ impl<Io: AsyncRead + Unpin> Stream for FramedBytes<Io> {
                 }
             }
             let spare = this.read_buf.capacity() - this.read_buf.len();
-            if spare < READ_CHUNK && !this.read_buf.try_reclaim(READ_CHUNK) {
+            if spare < MIN_SPARE && !this.read_buf.try_reclaim(READ_CHUNK) {
                 if this.read_buf.is_empty() {
                     // The buffer's memory is still held by frames in use (a
                     // reply being written): reserving now would allocate a
                     // new buffer for data that may be far off. Read into the
                     // stack; by the time data comes, the old buffer is
                     // usually free again and is reused.
-                    let mut probe = [0u8; READ_CHUNK];
-                    let mut probe = ReadBuf::new(&mut probe);
+                    let mut probe = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                    let mut probe = ReadBuf::uninit(&mut probe);
                     let read = ready!(Pin::new(&mut this.io).poll_read(cx, &mut probe));
                     match read {
                         Ok(()) if probe.filled().is_empty() => this.eof = true,

@@ -150,7 +150,9 @@ where
         } else {
             1
         },
+        token: shutdown,
         shutdown: Box::pin(shutdown.cancelled()),
+        shutdown_armed: false,
         idle: cfg.idle_timeout.map(|t| (t, Box::pin(sleep(t)), true)),
         write: cfg.write_timeout.map(|t| (t, Box::pin(sleep(t)), false)),
         error_reply,
@@ -176,7 +178,12 @@ struct Dispatcher<'a, T, S: Service<Req>, Req, O> {
     unflushed: bool,
     depth: usize,
     concurrency: usize,
+    token: &'a CancellationToken,
     shutdown: Pin<Box<WaitForCancellationFuture<'a>>>,
+    /// Whether `shutdown` was polled: its waker is then registered for
+    /// this task, and the token's flag is enough after that (polling again
+    /// would lock the token's waiter list, shared by every connection).
+    shutdown_armed: bool,
     /// The idle timeout, its timer, and whether the connection was idle at
     /// the last poll (the timer runs from when it became idle).
     idle: Option<(Duration, Pin<Box<Sleep>>, bool)>,
@@ -212,6 +219,17 @@ where
         }
     }
 
+    fn shutdown_requested(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.token.is_cancelled() {
+            return true;
+        }
+        if !self.shutdown_armed {
+            self.shutdown_armed = true;
+            return self.shutdown.as_mut().poll(cx).is_ready();
+        }
+        false
+    }
+
     /// Stops reading; what was read is still answered.
     fn stop(&mut self, end: End) {
         self.reading = false;
@@ -243,7 +261,7 @@ where
                 && self.queue.len() + self.in_flight.len() < self.depth
                 && (self.queue.is_empty() || self.queued_bytes < READ_AHEAD_BYTES)
             {
-                if self.shutdown.as_mut().poll(cx).is_ready() {
+                if self.shutdown_requested(cx) {
                     self.stop(End::Shutdown);
                     break;
                 }
