@@ -395,8 +395,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PeerGone<T> {
             .map_err(write_error)
     }
 
+    /// tokio's pipes implement `poll_write_vectored` as one `WriteFile` of
+    /// all the buffers (mio gathers them), but do not say so; callers that
+    /// ask would write one buffer per `WriteFile`, each waiting for the last.
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        true
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
