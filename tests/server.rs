@@ -78,13 +78,9 @@ async fn a_client_beyond_the_instances_is_served_once_one_frees() {
         drop(held.pop());
         let (reply, retries) = extra.await.unwrap();
         assert_eq!(reply, "extra");
-        if cfg!(windows) {
-            // It met ERROR_PIPE_BUSY and retried; on Unix it waited in the backlog.
-            assert!(
-                retries > 0,
-                "expected busy retries on a pipe with every instance taken"
-            );
-        }
+        // On Windows it met ERROR_PIPE_BUSY and retried, or a spare instance
+        // took it to wait for a slot; on Unix it waited in the backlog.
+        let _ = retries;
         for client in &held {
             assert_eq!(client.call(Bytes::from("still")).await.unwrap(), "still");
         }
@@ -370,11 +366,42 @@ async fn the_service_learns_its_connection_id_instance_and_client_pid() {
             let reply = String::from_utf8(reply.to_vec()).unwrap();
             let parts: Vec<_> = reply.split(' ').collect();
             assert_eq!(parts[2], format!("Some({})", std::process::id()), "{reply}");
-            assert!(parts[1] == "0" || parts[1] == "1", "{reply}");
+            // Two instances, and on Windows up to two spares under churn.
+            assert!(parts[1].parse::<usize>().unwrap() < 4, "{reply}");
             seen.push(parts[0].parse::<u64>().unwrap());
         }
         assert_eq!(seen, [1, 2, 3], "connection ids count up from 1");
         serving.abort();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_churning_below_capacity_never_see_busy() {
+    within(120, async {
+        // One instance more than clients: while a client's old instance is
+        // between disconnect and listening again, another one is free.
+        let server = start_echo("churn-busy", Server::builder().instances(4));
+        let churners: Vec<_> = (0..3)
+            .map(|c| {
+                let name = server.name.clone();
+                tokio::spawn(async move {
+                    let mut retries = 0;
+                    for i in 0..150 {
+                        let client = Client::connect(&name).await.unwrap();
+                        let req = Bytes::from(format!("{c}-{i}"));
+                        assert_eq!(client.call(req.clone()).await.unwrap(), req);
+                        retries += client.connect_retries();
+                    }
+                    retries
+                })
+            })
+            .collect();
+        for churner in churners {
+            assert_eq!(churner.await.unwrap(), 0, "a client found no free instance");
+        }
+        let summary = server.stop().await;
+        assert_eq!(summary.connections, 450);
     })
     .await
 }

@@ -26,7 +26,9 @@ impl ConnectionInfo {
         self.id
     }
 
-    /// The index of the pipe instance (socket slot) serving it, `0..instances`.
+    /// The index of the pipe instance (socket slot) serving it: below
+    /// `instances` on Unix, below twice that on Windows (the spare instances;
+    /// see [`Builder::instances`](crate::server::Builder::instances)).
     pub fn instance(&self) -> usize {
         self.instance
     }

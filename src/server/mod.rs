@@ -61,6 +61,14 @@ pub const DEFAULT_SDDL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;OW)";
 #[derive(Clone, Debug)]
 pub(crate) struct ListenOptions {
     pub(crate) instances: usize,
+    /// Windows: the pipe instances created, and `nMaxInstances`: twice
+    /// `instances` (at most 254). An instance whose client has closed is not
+    /// listening again until the server has seen the EOF, disconnected and
+    /// connected anew; meanwhile a client reconnecting at once, or others
+    /// churning alongside, would find every instance busy although a slot is
+    /// free. The spares listen meanwhile; the server's semaphore still
+    /// serves at most `instances` connections at once. Unix: `instances`.
+    pub(crate) pipes: usize,
     pub(crate) message_mode: bool,
     pub(crate) in_buffer_size: u32,
     pub(crate) out_buffer_size: u32,
@@ -110,6 +118,7 @@ impl Default for Builder {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             listen: ListenOptions {
                 instances: 4,
+                pipes: 4,
                 message_mode: false,
                 in_buffer_size: 65536,
                 out_buffer_size: 65536,
@@ -183,7 +192,13 @@ impl<F: MakeTransport> Builder<F> {
     /// On Windows this many instances are created by [`bind`](Builder::bind)
     /// and each is reused client after client, so this many clients can
     /// connect at the same moment without `ERROR_PIPE_BUSY`. It is also
-    /// `nMaxInstances` of `CreateNamedPipe`: 1 to 254. On Unix it bounds the
+    /// 1 to 254. The server creates twice as many pipe instances (at most
+    /// 254, also `nMaxInstances`), all listening, and serves at most `n` at
+    /// once: an instance whose client just left cannot listen again before
+    /// the server sees the EOF, so without spares a client reconnecting at
+    /// that moment would find every instance busy although a slot is free.
+    /// A client accepted while `n` are served waits, connected, until one
+    /// ends. On Unix it bounds the
     /// connections served at once (1 to 65536); further clients wait in the
     /// listen backlog.
     pub fn instances(mut self, n: usize) -> Self {
@@ -366,6 +381,11 @@ impl<F: MakeTransport> Builder<F> {
             .map(|any| any.downcast::<Arc<ErrorReply<F::Out>>>().map(|b| *b))
             .transpose()
             .map_err(|_| Error::config("error_reply was set before codec; set it after"))?;
+        listen.pipes = if sys::SPARE_INSTANCES {
+            (2 * listen.instances).clamp(listen.instances, sys::MAX_INSTANCES)
+        } else {
+            listen.instances
+        };
         let listener = sys::bind(address.as_path(), &listen)?;
         info!(address = %address, instances = listen.instances, "listening");
         Ok(Server {
@@ -377,6 +397,7 @@ impl<F: MakeTransport> Builder<F> {
             error_reply,
             requested: CancellationToken::new(),
             counters: Arc::default(),
+            instances: listen.instances,
         })
     }
 }
@@ -407,6 +428,7 @@ pub struct Server<F: MakeTransport = BuiltinFraming> {
     error_reply: Option<Arc<ErrorReply<F::Out>>>,
     requested: CancellationToken,
     counters: Arc<Counters>,
+    instances: usize,
 }
 
 impl<F: MakeTransport> fmt::Debug for Server<F> {
@@ -591,6 +613,7 @@ impl<F: MakeTransport> Server<F> {
             drain_deadline: OnceLock::new(),
             counters: self.counters,
             next_id: AtomicU64::new(0),
+            slots: tokio::sync::Semaphore::new(self.instances),
         });
         let mut listener = self.listener;
         // Dropping the serve future drops the set, which aborts every task.
@@ -612,13 +635,13 @@ impl<F: MakeTransport> Server<F> {
                 () = &mut signal => break,
                 () = self.requested.cancelled() => break,
                 Some(done) = tasks.join_next_with_id() => {
-                    // Instance tasks run until shutdown and catch the
-                    // service's panics; only a bug of ours ends one. Start a
-                    // new one, a little later, so a bug cannot spin.
                     let (id, why) = match done {
                         Ok((id, ())) => (id, "returned".to_owned()),
                         Err(e) => (e.id(), e.to_string()),
                     };
+                    // Instance tasks run until shutdown and catch the
+                    // service's panics; only a bug of ours ends one. Start a
+                    // new one, a little later, so a bug cannot spin.
                     let Some(index) = instance_of.remove(&id) else { continue };
                     shared.counters.instance_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     error!(instance = index, %why, "instance task ended unexpectedly; restarting it");

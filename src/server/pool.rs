@@ -22,6 +22,7 @@ use std::{
 use futures_util::FutureExt;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
+    sync::{Semaphore, SemaphorePermit},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
@@ -134,6 +135,11 @@ pub(crate) struct Shared<F: MakeTransport> {
     pub(crate) drain_deadline: OnceLock<Instant>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) next_id: AtomicU64,
+    /// One permit per connection served at once (`instances`). On Windows
+    /// there are more pipe instances than that (see `ListenOptions::pipes`):
+    /// a client accepted while every slot is taken waits, connected, as in a
+    /// socket's listen backlog.
+    pub(crate) slots: Semaphore,
 }
 
 /// Exponential backoff for a failing instance: 10 ms doubling to 1 s.
@@ -194,10 +200,22 @@ pub(crate) async fn run_instance<L, F, M>(
                 continue;
             }
         };
+        // A slot before serving; without one the client waits, connected.
+        let serving = match shared.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => {
+                    let _ = slot.release(io).await;
+                    return;
+                }
+                permit = shared.slots.acquire() => permit.expect("the slots are never closed"),
+            },
+        };
         let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, pid);
         let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid = pid);
         let served = AssertUnwindSafe(
-            serve_one(io, info, &mut make, &shared, &mut buffers).instrument(span.clone()),
+            serve_one(io, info, &mut make, &shared, &mut buffers, serving).instrument(span.clone()),
         )
         .catch_unwind()
         .await;
@@ -250,6 +268,7 @@ async fn serve_one<Io, F, M>(
     make: &mut M,
     shared: &Shared<F>,
     buffers: &mut Buffers,
+    serving: SemaphorePermit<'_>,
 ) -> Io
 where
     Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -279,6 +298,7 @@ where
         F::frame_len,
     )
     .await;
+    drop(serving);
     let (mut io, kept) = transport.into_parts();
     // The next client of this instance reuses them.
     *buffers = kept;

@@ -40,6 +40,9 @@ const MAX_PATH: usize = 103;
 )))]
 const MAX_PATH: usize = 107;
 
+/// Whether the server creates spare pipe instances: clients wait in the listen backlog; no spares.
+pub(crate) const SPARE_INSTANCES: bool = false;
+
 /// The most connections served at once.
 pub(crate) const MAX_INSTANCES: usize = 1 << 16;
 

@@ -56,6 +56,9 @@ use crate::{
     server::{pool, ListenOptions},
 };
 
+/// Whether the server creates spare pipe instances: a closing instance listens again only once the server saw the EOF; spares bridge the gap.
+pub(crate) const SPARE_INSTANCES: bool = true;
+
 /// The most instances of a pipe name (255 means "unlimited" to Windows).
 pub(crate) const MAX_INSTANCES: usize = crate::server::MAX_INSTANCES;
 
@@ -128,7 +131,7 @@ impl Instances {
         let mut options = ServerOptions::new();
         options
             .first_pipe_instance(first && opts.first_pipe_instance)
-            .max_instances(opts.instances)
+            .max_instances(opts.pipes)
             .pipe_mode(if opts.message_mode {
                 PipeMode::Message
             } else {
@@ -235,7 +238,7 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> Result<Listener, Error>
         opts: opts.clone(),
         security,
     });
-    let slots = (0..opts.instances)
+    let slots = (0..opts.pipes)
         .map(|i| {
             let pipe = instances
                 .create(i == 0)
@@ -273,7 +276,7 @@ fn bind_error(path: &Path, opts: &ListenOptions, index: usize, e: io::Error) -> 
             .context(format!(
                 "creating pipe instance {} of {} of {}",
                 index + 1,
-                opts.instances,
+                opts.pipes,
                 path.display()
             ))
             .with(e),
