@@ -405,3 +405,50 @@ async fn clients_churning_below_capacity_never_see_busy() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_service_serves_tcp_through_any_listener_with_instances_as_the_bound() {
+    within(60, async {
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = tcp.local_addr().unwrap();
+        let server = Server::builder().instances(2).listener(tcp).unwrap();
+        assert_eq!(server.get_ref().local_addr().unwrap(), address);
+        let handle = server.handle();
+        let serving = tokio::spawn(server.serve(tower::service_fn(|req: Bytes| async move {
+            Ok::<_, Infallible>(req)
+        })));
+
+        let connect = || async {
+            let io = tokio::net::TcpStream::connect(address).await.unwrap();
+            Client::builder().connect_io(io)
+        };
+        let (a, b) = (connect().await, connect().await);
+        assert_eq!(a.call(Bytes::from("a")).await.unwrap(), "a");
+        assert_eq!(
+            b.call(payload(2, 70_000)).await.unwrap(),
+            payload(2, 70_000)
+        );
+        // Two slots taken: a third client waits in the backlog.
+        let c = connect().await;
+        let third = tokio::spawn(async move { c.call(Bytes::from("c")).await.unwrap() });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!third.is_finished(), "served beyond the instances");
+        drop(a);
+        assert_eq!(third.await.unwrap(), "c");
+        drop(b);
+        handle.shutdown();
+        let summary = serving.await.unwrap().unwrap();
+        assert_eq!((summary.connections, summary.requests), (3, 3));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn message_framing_over_any_listener_is_a_config_error() {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = Server::builder()
+        .framing(pipeserve::codec::Framing::Message)
+        .listener(tcp)
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+}

@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::{mpsc, oneshot},
+};
 use tokio_util::sync::PollSender;
 use tower_service::Service;
 
@@ -47,7 +50,7 @@ use crate::{
 pub struct Client<F: MakeTransport = BuiltinFraming> {
     calls: mpsc::Sender<Call<F::Out, F::In>>,
     ready: PollSender<Call<F::Out, F::In>>,
-    address: Address,
+    address: Option<Address>,
     retries: u32,
 }
 
@@ -112,9 +115,10 @@ impl<F: MakeTransport> Client<F> {
         rx.await.map_err(|_| closed())?
     }
 
-    /// The server's address.
-    pub fn address(&self) -> &Address {
-        &self.address
+    /// The server's address; `None` for a client made with
+    /// [`connect_io`](Builder::connect_io).
+    pub fn address(&self) -> Option<&Address> {
+        self.address.as_ref()
     }
 
     /// How many times connecting found the server busy (all instances taken)
@@ -279,14 +283,35 @@ impl<F: MakeTransport> Builder<F> {
             timeout: self.connect_timeout,
         };
         let (io, retries) = connect::connect(&address, &opts).await?;
+        Ok(self.start(io, Some(address), retries))
+    }
+
+    /// Frames a stream that is already connected (TCP, say, to a server
+    /// made with [`Server::builder().listener(..)`](crate::server::Builder::listener))
+    /// and starts the connection's task on the current runtime.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn connect_io<Io>(self, io: Io) -> Client<F>
+    where
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.start(io, None, 0)
+    }
+
+    fn start<Io>(self, io: Io, address: Option<Address>, retries: u32) -> Client<F>
+    where
+        Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let transport = self.framing.transport(io, Default::default());
         let (calls, rx) = mpsc::channel(self.pipeline_depth);
         tokio::spawn(driver::drive(transport, rx, self.pipeline_depth));
-        Ok(Client {
+        Client {
             ready: PollSender::new(calls.clone()),
             calls,
             address,
             retries,
-        })
+        }
     }
 }

@@ -73,6 +73,9 @@ pub(crate) trait Listener: Send + 'static {
     /// Stops new clients from finding the server (Unix: removes the socket
     /// file). Windows instances stop listening as their tasks end.
     fn stop(&self);
+
+    /// Where it listens, for logs.
+    fn describe(&self) -> String;
 }
 
 /// Makes the service for each connection.

@@ -114,20 +114,18 @@ pub(crate) struct Listener {
     slots: Vec<Slot>,
 }
 
-impl pool::Listener for Listener {
-    type Slot = Slot;
-
-    fn take_slots(&mut self) -> Vec<Slot> {
+impl Listener {
+    pub(crate) fn take_slots(&mut self) -> Vec<Slot> {
         std::mem::take(&mut self.slots)
     }
 
-    fn spare(&self) -> Slot {
+    pub(crate) fn spare(&self) -> Slot {
         Slot {
             file: self.file.clone(),
         }
     }
 
-    fn stop(&self) {
+    pub(crate) fn stop(&self) {
         // New clients find no socket; connections being served go on.
         self.file.remove();
     }

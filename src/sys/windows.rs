@@ -205,21 +205,19 @@ pub(crate) struct Listener {
     slots: Vec<Slot>,
 }
 
-impl pool::Listener for Listener {
-    type Slot = Slot;
-
-    fn take_slots(&mut self) -> Vec<Slot> {
+impl Listener {
+    pub(crate) fn take_slots(&mut self) -> Vec<Slot> {
         std::mem::take(&mut self.slots)
     }
 
-    fn spare(&self) -> Slot {
+    pub(crate) fn spare(&self) -> Slot {
         Slot {
             pipe: None,
             instances: self.instances.clone(),
         }
     }
 
-    fn stop(&self) {}
+    pub(crate) fn stop(&self) {}
 }
 
 /// Creates all instances now, so that a taken name or a bad option is an

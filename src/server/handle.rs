@@ -1,0 +1,42 @@
+//! Controlling a running server from elsewhere.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{stats::Counters, Stats};
+
+/// Controls a running server from elsewhere in the application: shut it
+/// down, read its counters. Cheap to clone.
+///
+/// # Examples
+///
+/// ```no_run
+/// # async fn run(server: pipeserve::Server, svc: tower::util::BoxCloneService<bytes::Bytes, bytes::Bytes, std::convert::Infallible>) {
+/// let handle = server.handle();
+/// let serving = tokio::spawn(server.serve(svc));
+/// // ... later, from anywhere:
+/// println!("{:?}", handle.stats());
+/// handle.shutdown();
+/// let summary = serving.await.unwrap().unwrap();
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Handle {
+    pub(super) requested: CancellationToken,
+    pub(super) counters: Arc<Counters>,
+}
+
+impl Handle {
+    /// Starts a graceful shutdown, as the signal of
+    /// [`serve_with_shutdown`](Server::serve_with_shutdown) does; also for a
+    /// server started with [`serve`](Server::serve).
+    pub fn shutdown(&self) {
+        self.requested.cancel();
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> Stats {
+        self.counters.stats()
+    }
+}

@@ -1,0 +1,200 @@
+//! Where a server's connections come from: the pipe instances (or Unix
+//! socket) that `bind` creates, or any listener you bring.
+
+use std::{any::type_name, fmt, future::Future, io, sync::Arc};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::pool;
+use crate::{sys, Address};
+
+/// A listener a [`Server`](super::Server) can take connections from, for
+/// [`Builder::listener`](super::Builder::listener): the same tower service,
+/// framing and limits over TCP, say, for clients on other machines.
+///
+/// Several tasks call [`accept`](Accept::accept) at once, one per instance
+/// (slot), so `instances` bounds the connections served at once; further
+/// clients wait in the listener's backlog. Implemented for tokio's
+/// `TcpListener` and, on Unix, `UnixListener`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use bytes::Bytes;
+/// use std::convert::Infallible;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let tcp = tokio::net::TcpListener::bind("127.0.0.1:7070").await?;
+/// let server = pipeserve::Server::builder().instances(64).listener(tcp)?;
+/// server.serve(tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) })).await?;
+/// # Ok(()) }
+/// ```
+pub trait Accept: Send + Sync + 'static {
+    /// A connection.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Waits for the next connection; returns it with the client's process
+    /// id where the transport knows it. Must be cancel safe.
+    ///
+    /// # Errors
+    ///
+    /// An accept error is logged and retried after a backoff (10 ms
+    /// doubling to 1 s); it never ends the server.
+    fn accept(&self) -> impl Future<Output = io::Result<(Self::Io, Option<u32>)>> + Send;
+
+    /// Where it listens, for logs.
+    fn describe(&self) -> String {
+        type_name::<Self>().to_owned()
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+
+    async fn accept(&self) -> io::Result<(tokio::net::TcpStream, Option<u32>)> {
+        let (stream, _) = tokio::net::TcpListener::accept(self).await?;
+        // Replies are batched by pipeserve already; don't let Nagle hold
+        // the last one back.
+        let _ = stream.set_nodelay(true);
+        Ok((stream, None))
+    }
+
+    fn describe(&self) -> String {
+        match self.local_addr() {
+            Ok(addr) => format!("tcp {addr}"),
+            Err(_) => "tcp".to_owned(),
+        }
+    }
+}
+
+#[cfg(unix)]
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+
+    async fn accept(&self) -> io::Result<(tokio::net::UnixStream, Option<u32>)> {
+        let (stream, _) = tokio::net::UnixListener::accept(self).await?;
+        let pid = stream
+            .peer_cred()
+            .ok()
+            .and_then(|c| c.pid())
+            .and_then(|p| u32::try_from(p).ok());
+        Ok((stream, pid))
+    }
+}
+
+/// Where a [`Server`](super::Server) gets its connections: a
+/// [`PipeListener`] from [`bind`](super::Builder::bind) or an [`Incoming`]
+/// from [`listener`](super::Builder::listener). Sealed.
+// The supertrait is how the server drives it, and is pipeserve's business.
+#[allow(private_bounds)]
+pub trait Source: pool::Listener {}
+
+/// The pipe instances (Windows) or Unix socket that
+/// [`Builder::bind`](super::Builder::bind) created.
+#[derive(Debug)]
+pub struct PipeListener {
+    inner: sys::Listener,
+    address: Address,
+}
+
+impl PipeListener {
+    pub(super) fn new(inner: sys::Listener, address: Address) -> Self {
+        PipeListener { inner, address }
+    }
+
+    pub(super) fn address(&self) -> &Address {
+        &self.address
+    }
+}
+
+impl pool::Listener for PipeListener {
+    type Slot = sys::Slot;
+
+    fn take_slots(&mut self) -> Vec<sys::Slot> {
+        self.inner.take_slots()
+    }
+
+    fn spare(&self) -> sys::Slot {
+        self.inner.spare()
+    }
+
+    fn stop(&self) {
+        self.inner.stop()
+    }
+
+    fn describe(&self) -> String {
+        self.address.to_string()
+    }
+}
+
+impl Source for PipeListener {}
+
+/// Connections from your own listener, from
+/// [`Builder::listener`](super::Builder::listener).
+pub struct Incoming<A> {
+    acceptor: Arc<A>,
+    slots: usize,
+}
+
+impl<A> Incoming<A> {
+    pub(super) fn new(acceptor: A, slots: usize) -> Self {
+        Incoming {
+            acceptor: Arc::new(acceptor),
+            slots,
+        }
+    }
+
+    /// The listener.
+    pub fn get_ref(&self) -> &A {
+        &self.acceptor
+    }
+}
+
+impl<A> fmt::Debug for Incoming<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Incoming")
+            .field("acceptor", &type_name::<A>())
+            .field("slots", &self.slots)
+            .finish()
+    }
+}
+
+impl<A: Accept> pool::Listener for Incoming<A> {
+    type Slot = IncomingSlot<A>;
+
+    fn take_slots(&mut self) -> Vec<IncomingSlot<A>> {
+        (0..self.slots).map(|_| self.spare()).collect()
+    }
+
+    fn spare(&self) -> IncomingSlot<A> {
+        IncomingSlot(self.acceptor.clone())
+    }
+
+    fn stop(&self) {}
+
+    fn describe(&self) -> String {
+        self.acceptor.describe()
+    }
+}
+
+impl<A: Accept> Source for Incoming<A> {}
+
+/// One accept slot on a shared [`Accept`].
+pub(crate) struct IncomingSlot<A>(Arc<A>);
+
+impl<A: Accept> pool::Slot for IncomingSlot<A> {
+    type Io = A::Io;
+
+    async fn accept(&mut self) -> io::Result<(A::Io, Option<u32>)> {
+        self.0.accept().await
+    }
+
+    async fn release(&mut self, io: A::Io) -> io::Result<()> {
+        drop(io);
+        Ok(())
+    }
+
+    fn recover(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
