@@ -59,10 +59,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }))
         }
     });
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let serving = tokio::spawn(server.serve_make_with_shutdown(make, async {
-        let _ = stopped.await;
-    }));
+    let handle = server.handle();
+    let serving = tokio::spawn(server.serve_make(make));
 
     let mut clients = Vec::new();
     for c in 0..CLIENTS {
@@ -89,7 +87,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
-    let _ = stop.send(());
+    println!("server stats: {:?}", handle.stats());
+    handle.shutdown();
     let summary = serving.await??;
     println!(
         "{replies} replies to {} requests from {CLIENTS} clients; server: {} connections, {} requests answered, instances used {:?}",

@@ -32,19 +32,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         let mut value = || it.next().ok_or(format!("{arg} needs a value\n{USAGE}"));
         match arg.as_str() {
             "--name" => name = value()?,
-            "--framing" => {
-                framing = match value()?.as_str() {
-                    "len" => Framing::LengthDelimited,
-                    "message" => Framing::Message,
-                    "line" => Framing::Lines,
-                    other => {
-                        return Err(format!(
-                            "--framing must be len, message or line, not {other:?}"
-                        )
-                        .into())
-                    }
-                }
-            }
+            "--framing" => framing = value()?.parse()?,
             "--max-frame" => max_frame = Some(value()?.parse::<usize>()?),
             "-h" | "--help" => return Err(USAGE.into()),
             "--" => frames.extend(it.by_ref()),

@@ -43,7 +43,9 @@ fn parse_args() -> Result<Args, String> {
             "--instances" => {
                 args.instances = value()?.parse().map_err(|e| format!("--instances: {e}"))?
             }
-            "--framing" => args.framing = parse_framing(&value()?)?,
+            "--framing" => {
+                args.framing = value()?.parse().map_err(|e| format!("--framing: {e}"))?
+            }
             "--max-frame" => {
                 args.max_frame = Some(value()?.parse().map_err(|e| format!("--max-frame: {e}"))?)
             }
@@ -57,17 +59,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(args)
-}
-
-fn parse_framing(s: &str) -> Result<Framing, String> {
-    match s {
-        "len" => Ok(Framing::LengthDelimited),
-        "message" => Ok(Framing::Message),
-        "line" => Ok(Framing::Lines),
-        other => Err(format!(
-            "--framing must be len, message or line, not {other:?}"
-        )),
-    }
 }
 
 #[tokio::main]

@@ -106,6 +106,22 @@ impl fmt::Display for Framing {
     }
 }
 
+impl std::str::FromStr for Framing {
+    type Err = crate::Error;
+
+    /// Parses `len` (or `length-delimited`), `message`, `line` (or `lines`).
+    fn from_str(s: &str) -> Result<Framing, crate::Error> {
+        match s {
+            "len" | "length-delimited" => Ok(Framing::LengthDelimited),
+            "message" => Ok(Framing::Message),
+            "line" | "lines" => Ok(Framing::Lines),
+            other => Err(crate::Error::config(format!(
+                "unknown framing {other:?}: expected len, message or line"
+            ))),
+        }
+    }
+}
+
 /// The marker inside the [`io::Error`] (kind `InvalidData`) of a frame over
 /// the limit.
 #[derive(Debug)]

@@ -159,13 +159,27 @@ impl Backoff {
     }
 }
 
-/// Runs one instance until shutdown: connect, serve, disconnect, repeat.
-pub(crate) async fn run_instance<L, F, M>(
-    mut slot: L,
+/// Runs one instance until shutdown, in a span of its own.
+pub(crate) fn run_instance<L, F, M>(
+    slot: L,
     index: usize,
-    mut make: M,
+    make: M,
     shared: Arc<Shared<F>>,
-) where
+) -> impl Future<Output = ()> + Send
+where
+    L: Slot,
+    F: MakeTransport,
+    M: MakeConnService<F::In>,
+    M::Service: Service<F::In, Response = F::Out>,
+    <M::Service as Service<F::In>>::Future: Send,
+    <M::Service as Service<F::In>>::Error: Into<BoxError> + Send,
+{
+    instance_loop(slot, index, make, shared).instrument(tracing::debug_span!("instance", index))
+}
+
+/// Connect, serve, disconnect, repeat.
+async fn instance_loop<L, F, M>(mut slot: L, index: usize, mut make: M, shared: Arc<Shared<F>>)
+where
     L: Slot,
     F: MakeTransport,
     M: MakeConnService<F::In>,
