@@ -29,8 +29,8 @@ pub struct Handle {
 
 impl Handle {
     /// Starts a graceful shutdown, as the signal of
-    /// [`serve_with_shutdown`](Server::serve_with_shutdown) does; also for a
-    /// server started with [`serve`](Server::serve).
+    /// [`serve_with_shutdown`](super::Server::serve_with_shutdown) does; also for a
+    /// server started with [`serve`](super::Server::serve).
     pub fn shutdown(&self) {
         self.requested.cancel();
     }
