@@ -31,11 +31,12 @@
 //!   Windows and a socket in `$XDG_RUNTIME_DIR` (else the temp dir) on Unix;
 //!   see [`Address`].
 //! - **Instances.** A Windows pipe name has a fixed number of instances; each
-//!   serves one client at a time, and a client that finds none free gets
+//!   serves one client at a time, and a client that finds none listening gets
 //!   `ERROR_PIPE_BUSY`. pipeserve creates them all in
-//!   [`bind`](server::Builder::bind) and keeps every free one listening, so a
-//!   client never sees "busy" while an instance is free. The [`Client`]
-//!   retries "busy" and "no such pipe" until its connect timeout.
+//!   [`bind`](server::Builder::bind), twice as many as it serves at once, so
+//!   that a client never sees "busy" while a slot is free, even while other
+//!   clients connect and disconnect. The [`Client`] retries "busy" and "no
+//!   such pipe" until its connect timeout.
 //! - **End of a connection.** The client ends a connection by closing its
 //!   end (EOF). The server ends one after a bad frame, a service error, a
 //!   timeout or a shutdown, and then still waits for the client's EOF (up to
@@ -47,6 +48,23 @@
 //!   [`pipeline_depth`](server::Builder::pipeline_depth) requests of one
 //!   connection are read ahead; the service is called for them one at a time
 //!   unless [`concurrent_requests`](server::Builder::concurrent_requests).
+//!
+//! # Beyond pipes
+//!
+//! [`Builder::listener`](server::Builder::listener) serves the same service,
+//! framing and limits from any [`Accept`](server::Accept), such as a
+//! `TcpListener`, and [`connect_io`](client::Builder::connect_io) gives a
+//! client over any stream.
+//!
+//! # Observability
+//!
+//! pipeserve logs through `tracing` and never prints: a span per instance
+//! (`instance`) and per connection (`conn`: `id`, `instance`, `client_pid`);
+//! `trace!` for connects and clean ends, `debug!` for a connection ended by a
+//! bad frame, a service error or a timeout (with the reason), `warn!` and
+//! `error!` for the server's own trouble (an instance that failed, a panic).
+//! [`Handle::stats`] gives the counters: connections, requests, frames
+//! rejected, errors by kind, instances listening.
 //!
 //! # Cancel safety
 //!
