@@ -184,17 +184,14 @@ impl<T> Future for ResponseFuture<T> {
 #[must_use = "a builder does nothing until `connect` is called"]
 pub struct Builder<F = BuiltinFraming> {
     framing: F,
-    framing_kind: Framing,
-    max_frame_len: usize,
     connect_timeout: Duration,
     pipeline_depth: usize,
 }
 
-impl<F> fmt::Debug for Builder<F> {
+impl<F: fmt::Debug> fmt::Debug for Builder<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("client::Builder")
-            .field("framing", &self.framing_kind)
-            .field("max_frame_len", &self.max_frame_len)
+            .field("framing", &self.framing)
             .field("connect_timeout", &self.connect_timeout)
             .field("pipeline_depth", &self.pipeline_depth)
             .finish()
@@ -205,8 +202,6 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             framing: BuiltinFraming::new(Framing::LengthDelimited, DEFAULT_MAX_FRAME_LEN),
-            framing_kind: Framing::LengthDelimited,
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
             connect_timeout: Duration::from_secs(5),
             pipeline_depth: 16,
         }
@@ -216,15 +211,13 @@ impl Default for Builder {
 impl Builder {
     /// Sets the built-in framing; it must match the server's.
     pub fn framing(mut self, framing: Framing) -> Self {
-        self.framing_kind = framing;
-        self.framing = BuiltinFraming::new(framing, self.max_frame_len);
+        self.framing = self.framing.with(Some(framing), None);
         self
     }
 
     /// Sets the maximum frame length in bytes (default 8 MiB).
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
-        self.max_frame_len = bytes;
-        self.framing = BuiltinFraming::new(self.framing_kind, bytes);
+        self.framing = self.framing.with(None, Some(bytes));
         self
     }
 
@@ -233,8 +226,6 @@ impl Builder {
     pub fn codec<C, Out>(self, codec: C) -> Builder<Codec<C, Out>> {
         Builder {
             framing: Codec::new(codec),
-            framing_kind: self.framing_kind,
-            max_frame_len: self.max_frame_len,
             connect_timeout: self.connect_timeout,
             pipeline_depth: self.pipeline_depth,
         }

@@ -31,10 +31,6 @@ pub struct BuiltinFraming {
 impl BuiltinFraming {
     /// A framing with a maximum frame length in bytes.
     pub fn new(framing: Framing, max_frame_len: usize) -> Self {
-        let max_frame_len = match framing {
-            Framing::Message => max_frame_len.min(MAX_MESSAGE_LEN),
-            _ => max_frame_len,
-        };
         BuiltinFraming {
             framing,
             max_frame_len,
@@ -46,9 +42,22 @@ impl BuiltinFraming {
         self.framing
     }
 
-    /// The maximum frame length in bytes.
+    /// The maximum frame length in bytes, as it applies: for
+    /// [`Framing::Message`] at most [`MAX_MESSAGE_LEN`].
     pub fn max_frame_len(&self) -> usize {
-        self.max_frame_len
+        match self.framing {
+            Framing::Message => self.max_frame_len.min(MAX_MESSAGE_LEN),
+            _ => self.max_frame_len,
+        }
+    }
+
+    /// The same framing with another limit; the same limit with another
+    /// framing. (The limit is kept as asked, and capped where it applies.)
+    pub(crate) fn with(self, framing: Option<Framing>, max_frame_len: Option<usize>) -> Self {
+        BuiltinFraming::new(
+            framing.unwrap_or(self.framing),
+            max_frame_len.unwrap_or(self.max_frame_len),
+        )
     }
 }
 
@@ -64,7 +73,7 @@ impl MakeTransport for BuiltinFraming {
         io: Io,
         buffers: Buffers,
     ) -> BuiltinTransport<Io> {
-        let max = self.max_frame_len;
+        let max = self.max_frame_len();
         BuiltinTransport(match self.framing {
             Framing::LengthDelimited => {
                 Inner::Framed(FramedBytes::new(io, BytesCodec::length(max), buffers))
@@ -334,5 +343,21 @@ mod fuzz {
         fn line_codec_survives_arbitrary_bytes(max in 0usize..200, chunks in chunks()) {
             feed(BytesCodec::Lines(LineCodec::new(max)), max, 1, chunks)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod limits {
+    use super::*;
+
+    #[test]
+    fn message_framing_caps_the_limit_without_forgetting_the_one_asked_for() {
+        let f = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20);
+        let msg = f.with(Some(Framing::Message), None);
+        assert_eq!(msg.max_frame_len(), MAX_MESSAGE_LEN);
+        assert_eq!(
+            msg.with(Some(Framing::Lines), None).max_frame_len(),
+            1 << 20
+        );
     }
 }

@@ -70,8 +70,6 @@ pub(crate) struct ListenOptions {
 #[must_use = "a builder does nothing until `bind` is called"]
 pub struct Builder<F = BuiltinFraming> {
     framing: F,
-    framing_kind: Framing,
-    max_frame_len: usize,
     listen: ListenOptions,
     pipe_mode: Option<PipeMode>,
     conn: ConnConfig,
@@ -80,11 +78,10 @@ pub struct Builder<F = BuiltinFraming> {
     error_reply: Option<Box<dyn Any + Send + Sync>>,
 }
 
-impl<F> fmt::Debug for Builder<F> {
+impl<F: fmt::Debug> fmt::Debug for Builder<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
-            .field("framing", &self.framing_kind)
-            .field("max_frame_len", &self.max_frame_len)
+            .field("framing", &self.framing)
             .field("listen", &self.listen)
             .field("pipe_mode", &self.pipe_mode)
             .field("conn", &self.conn)
@@ -97,8 +94,6 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             framing: BuiltinFraming::new(Framing::LengthDelimited, DEFAULT_MAX_FRAME_LEN),
-            framing_kind: Framing::LengthDelimited,
-            max_frame_len: DEFAULT_MAX_FRAME_LEN,
             listen: ListenOptions {
                 instances: 4,
                 pipes: 4,
@@ -127,8 +122,7 @@ impl Builder {
     /// Sets the built-in framing (default: length-delimited). See
     /// [`codec`](crate::codec) for the wire formats.
     pub fn framing(mut self, framing: Framing) -> Self {
-        self.framing_kind = framing;
-        self.framing = BuiltinFraming::new(framing, self.max_frame_len);
+        self.framing = self.framing.with(Some(framing), None);
         self
     }
 
@@ -137,8 +131,7 @@ impl Builder {
     /// checked before anything is allocated for the frame. Message framing
     /// caps it at [`MAX_MESSAGE_LEN`](crate::codec::MAX_MESSAGE_LEN).
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
-        self.max_frame_len = bytes;
-        self.framing = BuiltinFraming::new(self.framing_kind, bytes);
+        self.framing = self.framing.with(None, Some(bytes));
         self
     }
 
@@ -157,8 +150,6 @@ impl Builder {
     pub fn codec<C, Out>(self, codec: C) -> Builder<Codec<C, Out>> {
         Builder {
             framing: Codec::new(codec),
-            framing_kind: self.framing_kind,
-            max_frame_len: self.max_frame_len,
             listen: self.listen,
             pipe_mode: self.pipe_mode,
             conn: self.conn,
