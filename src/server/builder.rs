@@ -20,6 +20,10 @@ use crate::{
 /// to Windows). On Unix the limit is 65536 connections at once.
 pub const MAX_INSTANCES: usize = 254;
 
+/// The most connections served at once where slots are accept tasks rather
+/// than pipe instances (Unix sockets, any listener).
+pub(crate) const MAX_SLOTS: usize = 1 << 16;
+
 /// Whether a Windows pipe carries a byte stream or messages.
 ///
 /// Maps to `PIPE_TYPE_BYTE` / `PIPE_TYPE_MESSAGE` (with the matching read
@@ -347,7 +351,7 @@ impl<F: MakeTransport> Builder<F> {
     /// Checks every option; `pipes` when pipeserve binds the pipe or socket.
     fn check(self, pipes: bool) -> Result<(ListenOptions, Parts<F>), Error> {
         let mut listen = self.listen.clone();
-        let max = if pipes { sys::MAX_INSTANCES } else { 1 << 16 };
+        let max = if pipes { sys::MAX_INSTANCES } else { MAX_SLOTS };
         if !(1..=max).contains(&listen.instances) {
             return Err(Error::config(format!(
                 "instances must be 1 to {max}, got {}",

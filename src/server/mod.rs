@@ -1,6 +1,6 @@
 //! The server: a builder, the instance pool, and the `serve*` entry points.
 
-mod builder;
+pub(crate) mod builder;
 mod conn;
 mod handle;
 mod info;

@@ -44,7 +44,7 @@ const MAX_PATH: usize = 107;
 pub(crate) const SPARE_INSTANCES: bool = false;
 
 /// The most connections served at once.
-pub(crate) const MAX_INSTANCES: usize = 1 << 16;
+pub(crate) const MAX_INSTANCES: usize = crate::server::builder::MAX_SLOTS;
 
 /// Unix sockets are byte streams: message framing is Windows-only.
 pub(crate) const MESSAGE_PIPES: bool = false;
