@@ -101,7 +101,7 @@ async fn main() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match server.serve_with_shutdown(echo, ctrl_c).await {
+    match server.serve(echo).with_graceful_shutdown(ctrl_c).await {
         Ok(summary) => eprintln!(
             "echo_server: shut down: {} connections, {} requests answered, {} connections cut",
             summary.connections, summary.requests, summary.cut

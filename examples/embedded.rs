@@ -37,7 +37,8 @@ async fn main() -> Result<(), BoxError> {
         let shutdown = shutdown.clone();
         async move {
             let summary = server
-                .serve_with_shutdown(upper, shutdown.cancelled_owned())
+                .serve(upper)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
                 .await?;
             println!(
                 "server: {} requests on {} connections, {} cut",

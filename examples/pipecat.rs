@@ -81,7 +81,7 @@ async fn run() -> Result<(), BoxError> {
         builder = builder.max_frame_len(max);
     }
     let client = match args.name.strip_prefix("tcp:") {
-        Some(addr) => builder.connect_io(tokio::net::TcpStream::connect(addr).await?),
+        Some(addr) => builder.connect_io(tokio::net::TcpStream::connect(addr).await?)?,
         None => builder.connect(&args.name).await?,
     };
     let send = |frame: String| {

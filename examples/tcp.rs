@@ -40,7 +40,7 @@ async fn main() -> Result<(), BoxError> {
         );
 
     let by_pipe = Client::connect("pipeserve-tcp-example").await?;
-    let by_tcp = Client::builder().connect_io(tokio::net::TcpStream::connect(tcp_addr).await?);
+    let by_tcp = Client::builder().connect_io(tokio::net::TcpStream::connect(tcp_addr).await?)?;
     println!(
         "pipe: {:?}",
         String::from_utf8_lossy(&by_pipe.call(Bytes::from("local")).await?)

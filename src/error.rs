@@ -64,6 +64,19 @@ impl Error {
         self
     }
 
+    /// Classifies an error of the platform layer's `bind` or name
+    /// resolution by its kind: `AddrInUse` (the name is taken),
+    /// `InvalidInput` (a bad name or option), anything else a failure to
+    /// bind.
+    pub(crate) fn from_sys(e: io::Error) -> Self {
+        let kind = match e.kind() {
+            io::ErrorKind::AddrInUse => Kind::AddrInUse,
+            io::ErrorKind::InvalidInput => Kind::Config,
+            _ => Kind::Bind,
+        };
+        Error::new(kind).with(e)
+    }
+
     /// Classifies an I/O error from a connection: frame errors, peer gone,
     /// timeouts, or plain I/O.
     pub(crate) fn from_io(e: io::Error) -> Self {
@@ -201,6 +214,15 @@ impl From<Error> for io::Error {
         };
         io::Error::new(kind, e)
     }
+}
+
+/// Checks a pipeline depth, the same way for servers and clients: requests
+/// sent and not yet answered, at most; at least 1.
+pub(crate) fn check_pipeline_depth(depth: usize) -> Result<(), Error> {
+    if depth == 0 {
+        return Err(Error::config("pipeline_depth must be at least 1"));
+    }
+    Ok(())
 }
 
 /// Turns any error into an [`io::Error`], keeping one that already is.

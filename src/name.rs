@@ -48,7 +48,7 @@ impl Address {
                 "invalid pipe name {name:?}: contains NUL"
             )));
         }
-        if let Some(path) = sys::full_path(name)? {
+        if let Some(path) = sys::full_path(name).map_err(Error::from_sys)? {
             return Ok(Address(path));
         }
         if name.is_empty() {
@@ -66,7 +66,9 @@ impl Address {
                  give a full pipe path or an absolute socket path instead"
             )));
         }
-        sys::portable_path(name).map(Address)
+        sys::portable_path(name)
+            .map(Address)
+            .map_err(Error::from_sys)
     }
 
     /// The pipe path (`\\.\pipe\NAME`) or socket path.

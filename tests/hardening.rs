@@ -14,7 +14,7 @@ use std::{
 
 use bytes::Bytes;
 use common::*;
-use pipeserve::{test_support, BoxError, Client, Server};
+use pipeserve::{test_util, BoxError, Client, Server};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     sync::Notify,
@@ -270,16 +270,16 @@ async fn churn_and_garbage_grow_neither_handles_nor_memory_and_a_good_client_is_
             cycle(i).await;
         }
         settle().await;
-        let handles_before = test_support::open_handles();
-        let memory_before = test_support::resident_memory();
+        let handles_before = test_util::open_handles();
+        let memory_before = test_util::resident_memory();
         let served_before = served.load(Ordering::Relaxed);
 
         for i in 0..2000 {
             cycle(i).await;
         }
         settle().await;
-        let handles_after = test_support::open_handles();
-        let memory_after = test_support::resident_memory();
+        let handles_after = test_util::open_handles();
+        let memory_after = test_util::resident_memory();
         let served_during = served.load(Ordering::Relaxed) - served_before;
 
         stop.store(true, Ordering::Relaxed);

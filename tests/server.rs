@@ -298,7 +298,7 @@ async fn binding_a_taken_name_is_an_addr_in_use_error() {
     let _first = Server::builder().bind(&name).unwrap();
     let second = Server::builder().bind(&name);
     #[cfg(windows)]
-    if pipeserve::test_support::running_under_wine() {
+    if pipeserve::test_util::running_under_wine() {
         // Wine 8 does not enforce FILE_FLAG_FIRST_PIPE_INSTANCE; whatever it
         // did here says nothing about Windows.
         eprintln!(
@@ -420,7 +420,7 @@ async fn the_same_service_serves_tcp_through_any_listener_with_instances_as_the_
 
         let connect = || async {
             let io = tokio::net::TcpStream::connect(address).await.unwrap();
-            Client::builder().connect_io(io)
+            Client::builder().connect_io(io).unwrap()
         };
         let (a, b) = (connect().await, connect().await);
         assert_eq!(a.call(Bytes::from("a")).await.unwrap(), "a");

@@ -109,7 +109,7 @@ fn start_echo_on(name: &str) -> Running {
     let handle = server.handle();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let svc = tower::service_fn(|req: Bytes| async move { Ok::<_, std::convert::Infallible>(req) });
-    let task = tokio::spawn(server.serve_with_shutdown(svc, async {
+    let task = tokio::spawn(server.serve(svc).with_graceful_shutdown(async {
         let _ = stopped.await;
     }));
     Running::new(name.to_owned(), handle, stop, task)

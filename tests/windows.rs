@@ -141,7 +141,7 @@ async fn the_pipe_grants_only_the_owner_and_system_by_default() {
     let _server = Server::builder().bind(&name).unwrap();
     let address = pipeserve::Address::new(&name).unwrap();
     let client = ClientOptions::new().open(address.as_path()).unwrap();
-    let sddl = pipeserve::test_support::dacl_sddl(client.as_handle()).unwrap();
+    let sddl = pipeserve::test_util::dacl_sddl(client.as_handle()).unwrap();
     assert_eq!(sddl, "D:P(A;;GA;;;SY)(A;;GA;;;OW)");
 }
 
@@ -155,7 +155,7 @@ async fn a_custom_sddl_is_the_pipes_dacl() {
         .unwrap();
     let address = pipeserve::Address::new(&name).unwrap();
     let client = ClientOptions::new().open(address.as_path()).unwrap();
-    let sddl = pipeserve::test_support::dacl_sddl(client.as_handle()).unwrap();
+    let sddl = pipeserve::test_util::dacl_sddl(client.as_handle()).unwrap();
     assert!(
         sddl.starts_with("D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;"),
         "{sddl}"

@@ -26,7 +26,7 @@ use std::{
     time::Duration,
 };
 
-use pipeserve::test_support::{child_usage, Usage};
+use pipeserve::test_util::{child_usage, Usage};
 
 /// A server under test, in a child process.
 struct ServerProcess {

@@ -10,13 +10,6 @@ use crate::{
     sys, Address,
 };
 
-/// Settings of one connection attempt, from the client builder.
-#[derive(Clone, Debug)]
-pub(crate) struct ConnectOptions {
-    pub(crate) message_mode: bool,
-    pub(crate) timeout: Duration,
-}
-
 /// Connects, retrying "all instances busy" (`ERROR_PIPE_BUSY`, a full
 /// backlog) and "no such pipe" (`ERROR_FILE_NOT_FOUND`, no socket file,
 /// connection refused) with a short backoff until the timeout. Returns the
@@ -24,20 +17,21 @@ pub(crate) struct ConnectOptions {
 /// thread and is unreliable.
 pub(crate) async fn connect(
     address: &Address,
-    opts: &ConnectOptions,
+    message_mode: bool,
+    timeout: Duration,
 ) -> Result<(sys::ClientIo, u32), Error> {
-    let deadline = Instant::now() + opts.timeout;
+    let deadline = Instant::now() + timeout;
     let mut delay = Duration::from_millis(1);
     let mut retries = 0;
     loop {
-        match sys::connect(address.as_path(), opts).await {
+        match sys::connect(address.as_path(), message_mode).await {
             Ok(io) => return Ok((io, retries)),
             Err(e) if sys::is_busy(&e) => {
                 if Instant::now() + delay > deadline {
                     return Err(Error::new(Kind::Timeout)
                         .context(format!(
                             "connecting to {address}: no free instance or no server after {:?} ({retries} retries)",
-                            opts.timeout
+                            timeout
                         ))
                         .with(e));
                 }

@@ -29,71 +29,98 @@ pub(crate) struct Call<Req, Resp> {
 /// Runs the connection until every client handle is gone and every call
 /// answered, or the connection fails.
 pub(crate) async fn drive<T, Req, Resp>(
-    mut transport: T,
-    mut calls: mpsc::Receiver<Call<Req, Resp>>,
+    transport: T,
+    calls: mpsc::Receiver<Call<Req, Resp>>,
     depth: usize,
 ) where
     T: Stream<Item = io::Result<Resp>> + Sink<Req, Error = io::Error> + Unpin,
 {
-    let mut pending = VecDeque::new();
-    let mut unflushed = false;
-    let mut open = true;
-    let failure = std::future::poll_fn(|cx| {
-        poll(
-            cx,
-            &mut transport,
-            &mut calls,
-            &mut pending,
-            &mut unflushed,
-            &mut open,
-            depth,
-        )
-    })
-    .await;
-    calls.close();
+    let mut driver = Driver {
+        transport,
+        calls,
+        pending: VecDeque::with_capacity(depth),
+        unflushed: false,
+        open: true,
+        depth,
+    };
+    let failure = std::future::poll_fn(|cx| driver.poll(cx)).await;
+    driver.calls.close();
     // Everything queued or in flight fails with the same error.
-    while let Ok(call) = calls.try_recv() {
-        pending.push_back(call.reply);
+    while let Ok(call) = driver.calls.try_recv() {
+        driver.pending.push_back(call.reply);
     }
-    for reply in pending {
+    for reply in driver.pending {
         let _ = reply.send(Err(failure.clone()));
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn poll<T, Req, Resp>(
-    cx: &mut Context<'_>,
-    transport: &mut T,
-    calls: &mut mpsc::Receiver<Call<Req, Resp>>,
-    pending: &mut VecDeque<oneshot::Sender<Result<Resp, Error>>>,
-    unflushed: &mut bool,
-    open: &mut bool,
+/// The client's side of one connection, in the shape of the server's
+/// dispatcher: write requests, read replies, flush, each a step of its own.
+struct Driver<T, Req, Resp> {
+    transport: T,
+    /// Calls from the client handles, not yet written.
+    calls: mpsc::Receiver<Call<Req, Resp>>,
+    /// Where the replies of the requests written go, in request order.
+    pending: VecDeque<oneshot::Sender<Result<Resp, Error>>>,
+    /// Whether requests were encoded but not flushed.
+    unflushed: bool,
+    /// Whether a client handle is left (more calls may come).
+    open: bool,
+    /// Requests written and not yet answered, at most.
     depth: usize,
-) -> Poll<Error>
+}
+
+impl<T, Req, Resp> Driver<T, Req, Resp>
 where
     T: Stream<Item = io::Result<Resp>> + Sink<Req, Error = io::Error> + Unpin,
 {
-    loop {
-        let mut progress = false;
+    /// Drives the connection; ends with the error that ended it.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        loop {
+            let wrote = match self.poll_write(cx) {
+                Ok(wrote) => wrote,
+                Err(e) => return Poll::Ready(e),
+            };
+            let read = match self.poll_read(cx) {
+                Ok(read) => read,
+                Err(e) => return Poll::Ready(e),
+            };
+            if !wrote && !read {
+                break;
+            }
+        }
+        if let Err(e) = self.poll_flush(cx) {
+            return Poll::Ready(e);
+        }
+        if !self.open && self.pending.is_empty() && !self.unflushed {
+            // Every handle is gone and every call answered: close our side.
+            let _ = Pin::new(&mut self.transport).poll_close(cx);
+            return Poll::Ready(Error::new(Kind::Closed).context("the client was dropped"));
+        }
+        Poll::Pending
+    }
 
-        // Write new requests while there is room in the pipeline.
-        while *open && pending.len() < depth {
-            match Pin::new(&mut *transport).poll_ready(cx) {
+    /// Encodes new requests while there is room in the pipeline; returns
+    /// whether a call was taken.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, Error> {
+        let mut progress = false;
+        while self.open && self.pending.len() < self.depth {
+            match Pin::new(&mut self.transport).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Error::from_io(e)),
+                Poll::Ready(Err(e)) => return Err(Error::from_io(e)),
                 Poll::Pending => break,
             }
-            match calls.poll_recv(cx) {
+            match self.calls.poll_recv(cx) {
                 Poll::Ready(Some(call)) => {
                     progress = true;
                     if call.reply.is_closed() {
                         // Given up before it was sent: never send it.
                         continue;
                     }
-                    match Pin::new(&mut *transport).start_send(call.req) {
+                    match Pin::new(&mut self.transport).start_send(call.req) {
                         Ok(()) => {
-                            pending.push_back(call.reply);
-                            *unflushed = true;
+                            self.pending.push_back(call.reply);
+                            self.unflushed = true;
                         }
                         // Nothing was written: only this call fails.
                         Err(e) => {
@@ -101,52 +128,50 @@ where
                         }
                     }
                 }
-                Poll::Ready(None) => *open = false,
+                Poll::Ready(None) => self.open = false,
                 Poll::Pending => break,
             }
         }
+        Ok(progress)
+    }
 
-        // Read replies; also while idle, to notice the server closing.
+    /// Hands replies to their callers, in order; also reads while idle, to
+    /// notice the server closing. Returns whether a reply came.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> Result<bool, Error> {
+        let mut progress = false;
         loop {
-            match Pin::new(&mut *transport).poll_next(cx) {
-                Poll::Ready(Some(Ok(reply))) => match pending.pop_front() {
+            match Pin::new(&mut self.transport).poll_next(cx) {
+                Poll::Ready(Some(Ok(reply))) => match self.pending.pop_front() {
                     Some(tx) => {
+                        // A caller that gave up dropped its receiver: the
+                        // reply is discarded, never handed to the next.
                         let _ = tx.send(Ok(reply));
                         progress = true;
                     }
                     None => {
-                        return Poll::Ready(
-                            Error::new(Kind::Frame)
-                                .context("the server sent a frame nobody asked for"),
-                        )
+                        return Err(Error::new(Kind::Frame)
+                            .context("the server sent a frame nobody asked for"))
                     }
                 },
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Error::from_io(e)),
+                Poll::Ready(Some(Err(e))) => return Err(Error::from_io(e)),
                 Poll::Ready(None) => {
-                    return Poll::Ready(
-                        Error::new(Kind::Closed).context("the server closed the connection"),
-                    )
+                    return Err(Error::new(Kind::Closed).context("the server closed the connection"))
                 }
-                Poll::Pending => break,
+                Poll::Pending => return Ok(progress),
             }
         }
-
-        if !progress {
-            break;
-        }
     }
 
-    if *unflushed {
-        match Pin::new(&mut *transport).poll_flush(cx) {
-            Poll::Ready(Ok(())) => *unflushed = false,
-            Poll::Ready(Err(e)) => return Poll::Ready(Error::from_io(e)),
-            Poll::Pending => {}
+    /// Flushes once nothing more is ready: requests sent together go out in
+    /// one write.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Result<(), Error> {
+        if self.unflushed {
+            match Pin::new(&mut self.transport).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Err(Error::from_io(e)),
+                Poll::Pending => {}
+            }
         }
+        Ok(())
     }
-    if !*open && pending.is_empty() && !*unflushed {
-        // Every handle is gone and every call answered: close our side.
-        let _ = Pin::new(&mut *transport).poll_close(cx);
-        return Poll::Ready(Error::new(Kind::Closed).context("the client was dropped"));
-    }
-    Poll::Pending
 }

@@ -18,12 +18,10 @@ use tokio::{
 use tokio_util::sync::PollSender;
 use tower_service::Service;
 
-pub(crate) use connect::ConnectOptions;
-
 use self::driver::Call;
 use crate::{
     codec::{BuiltinFraming, Codec, Framing, MakeTransport, DEFAULT_MAX_FRAME_LEN},
-    error::Kind,
+    error::{check_pipeline_depth, Kind},
     sys, Address, Error,
 };
 
@@ -48,8 +46,8 @@ use crate::{
 /// # Ok(()) }
 /// ```
 pub struct Client<F: MakeTransport = BuiltinFraming> {
-    calls: mpsc::Sender<Call<F::Out, F::In>>,
-    ready: PollSender<Call<F::Out, F::In>>,
+    calls: mpsc::Sender<Call<F::WriteFrame, F::ReadFrame>>,
+    ready: PollSender<Call<F::WriteFrame, F::ReadFrame>>,
     address: Option<Address>,
     retries: u32,
 }
@@ -106,7 +104,7 @@ impl<F: MakeTransport> Client<F> {
     /// Dropping the future before it completes abandons the reply, never the
     /// connection: the reply is read and discarded, and later calls get
     /// their own replies.
-    pub async fn call(&self, req: F::Out) -> Result<F::In, Error> {
+    pub async fn call(&self, req: F::WriteFrame) -> Result<F::ReadFrame, Error> {
         let (reply, rx) = oneshot::channel();
         self.calls
             .send(Call { req, reply })
@@ -137,16 +135,16 @@ fn closed() -> Error {
     Error::new(Kind::Closed).context("the connection is closed")
 }
 
-impl<F: MakeTransport> Service<F::Out> for Client<F> {
-    type Response = F::In;
+impl<F: MakeTransport> Service<F::WriteFrame> for Client<F> {
+    type Response = F::ReadFrame;
     type Error = Error;
-    type Future = ResponseFuture<F::In>;
+    type Future = ResponseFuture<F::ReadFrame>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.ready.poll_reserve(cx).map_err(|_| closed())
     }
 
-    fn call(&mut self, req: F::Out) -> Self::Future {
+    fn call(&mut self, req: F::WriteFrame) -> Self::Future {
         let (reply, rx) = oneshot::channel();
         match self.ready.send_item(Call { req, reply }) {
             Ok(()) => ResponseFuture(Ok(rx)),
@@ -241,9 +239,10 @@ impl<F: MakeTransport> Builder<F> {
     }
 
     /// How many calls may be sent and not yet answered (default 16). Further
-    /// calls wait.
+    /// calls wait. At least 1, as on the server: 0 is a config error from
+    /// [`connect`](Builder::connect).
     pub fn pipeline_depth(mut self, depth: usize) -> Self {
-        self.pipeline_depth = depth.max(1);
+        self.pipeline_depth = depth;
         self
     }
 
@@ -255,25 +254,22 @@ impl<F: MakeTransport> Builder<F> {
     ///
     /// [`Error::is_timeout`] if every instance stayed busy (or no server
     /// appeared) for the connect timeout; [`Error::is_config`] for a bad
-    /// name or message framing on Unix; [`Error::is_connect`] for any other
-    /// failure (the source says which).
+    /// name, a pipeline depth of 0, or message framing on Unix;
+    /// [`Error::is_connect`] for any other failure (the source says which).
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime.
     pub async fn connect(self, name: &str) -> Result<Client<F>, Error> {
         let address = Address::new(name)?;
+        check_pipeline_depth(self.pipeline_depth)?;
         let message_mode = self.framing.message_mode();
         if message_mode && !sys::MESSAGE_PIPES {
             return Err(Error::config(
                 "message framing needs a windows named pipe; use length-delimited framing on unix",
             ));
         }
-        let opts = ConnectOptions {
-            message_mode,
-            timeout: self.connect_timeout,
-        };
-        let (io, retries) = connect::connect(&address, &opts).await?;
+        let (io, retries) = connect::connect(&address, message_mode, self.connect_timeout).await?;
         Ok(self.start(io, Some(address), retries))
     }
 
@@ -281,14 +277,25 @@ impl<F: MakeTransport> Builder<F> {
     /// made with [`Server::builder().listener(..)`](crate::server::Builder::listener))
     /// and starts the connection's task on the current runtime.
     ///
+    /// # Errors
+    ///
+    /// [`Error::is_config`] for a pipeline depth of 0, or message framing
+    /// (which needs a message-mode pipe, not any stream).
+    ///
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn connect_io<Io>(self, io: Io) -> Client<F>
+    pub fn connect_io<Io>(self, io: Io) -> Result<Client<F>, Error>
     where
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        self.start(io, None, 0)
+        check_pipeline_depth(self.pipeline_depth)?;
+        if self.framing.message_mode() {
+            return Err(Error::config(
+                "message framing needs a message-mode named pipe, not any stream",
+            ));
+        }
+        Ok(self.start(io, None, 0))
     }
 
     fn start<Io>(self, io: Io, address: Option<Address>, retries: u32) -> Client<F>

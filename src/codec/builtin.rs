@@ -64,8 +64,8 @@ impl BuiltinFraming {
 impl private::Sealed for BuiltinFraming {}
 
 impl MakeTransport for BuiltinFraming {
-    type In = Bytes;
-    type Out = Bytes;
+    type ReadFrame = Bytes;
+    type WriteFrame = Bytes;
     type Transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> = BuiltinTransport<Io>;
 
     fn transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -130,8 +130,6 @@ impl Decoder for BytesCodec {
 
     fn decode(&mut self, src: &mut BytesMut) -> io::Result<Option<Bytes>> {
         match self {
-            // tokio-util checks the length against the limit before it
-            // reserves anything for the frame.
             BytesCodec::Length { max } => {
                 let Some(head) = src.get(..4) else {
                     return Ok(None);

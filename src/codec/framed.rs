@@ -37,7 +37,7 @@ const MAX_SLICES: usize = 64;
 /// The transport of [`Framing::LengthDelimited`](super::Framing) and
 /// [`Framing::Lines`](super::Framing).
 #[derive(Debug)]
-pub struct FramedBytes<Io> {
+pub(crate) struct FramedBytes<Io> {
     io: Io,
     decoder: BytesCodec,
     read_buf: BytesMut,

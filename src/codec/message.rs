@@ -11,7 +11,8 @@ use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::io::poll_read_buf;
 
-use super::{Buffers, Transport, MESSAGE_WINDOW};
+use super::{Buffers, Transport};
+use crate::sys::MESSAGE_WINDOW;
 
 /// The transport of [`Framing::Message`](super::Framing::Message).
 ///
@@ -20,7 +21,7 @@ use super::{Buffers, Transport, MESSAGE_WINDOW};
 /// been cut) is "frame too large". Each frame written is one `write` call,
 /// which tokio's named pipes turn into one `WriteFile`: one message.
 #[derive(Debug)]
-pub struct MessageTransport<Io> {
+pub(crate) struct MessageTransport<Io> {
     io: Io,
     max: usize,
     read_buf: BytesMut,

@@ -59,11 +59,12 @@ use std::{error::Error as StdError, fmt, io};
 pub use bytes::Bytes;
 pub use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-pub use builtin::{BuiltinFraming, BuiltinTransport};
-pub use framed::FramedBytes;
+pub use builtin::BuiltinFraming;
 pub use line::LineCodec;
-pub use message::MessageTransport;
-pub use transport::{Buffers, Codec, CodecTransport, MakeTransport, Transport};
+pub use transport::{Codec, MakeTransport};
+// The transports are named by `MakeTransport`'s hidden items, so they are
+// `pub` in their modules, but users can neither build nor use them.
+pub(crate) use transport::{Buffers, Transport};
 
 /// The default maximum frame length: 8 MiB, as tokio-util's
 /// [`LengthDelimitedCodec`].
@@ -71,13 +72,10 @@ pub const DEFAULT_MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
 
 /// The largest frame that [`Framing::Message`] carries: 4 KiB - 1 bytes.
 ///
-/// Messages are read through a 4 KiB window; one that fills it may have been
-/// cut by the read, so it is refused. See the [module docs](self).
-pub const MAX_MESSAGE_LEN: usize = MESSAGE_WINDOW - 1;
-
-/// The read window of message framing: mio's first read on a new pipe
-/// instance.
-pub(crate) const MESSAGE_WINDOW: usize = 4096;
+/// Messages are read through a 4 KiB window (the first read tokio's pipes
+/// make on a new instance); one that fills it may have been cut by the read,
+/// so it is refused. See the [module docs](self).
+pub const MAX_MESSAGE_LEN: usize = crate::sys::MESSAGE_WINDOW - 1;
 
 /// The built-in framings. All carry frames as [`Bytes`].
 ///

@@ -15,24 +15,29 @@ use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
 
 use crate::error::{into_io, BoxError};
 
-/// How a connection's bytes become frames.
+/// How a connection's bytes become frames, and frames bytes.
 ///
 /// Implemented by [`BuiltinFraming`](super::BuiltinFraming) (what
 /// [`Framing`](super::Framing) selects) and by [`Codec`] (your own tokio-util
-/// codec). On a server `In` are the requests and `Out` the replies; on a
-/// client the other way round. This trait is sealed: its methods are
+/// codec). A server reads requests and writes replies; a client writes
+/// requests and reads replies, so the same names read right on both sides:
+/// a server's service is a `Service<F::ReadFrame, Response = F::WriteFrame>`,
+/// a client's [`call`](crate::Client::call) takes an `F::WriteFrame` and
+/// returns an `F::ReadFrame`. This trait is sealed: its methods are
 /// pipeserve's business.
 pub trait MakeTransport: Clone + Send + Sync + 'static + private::Sealed {
-    /// The frames read.
-    type In: Send + 'static;
-    /// The frames written.
-    type Out: Send + 'static;
+    /// The frames read from the peer: requests on a server, replies on a
+    /// client.
+    type ReadFrame: Send + 'static;
+    /// The frames written to the peer: replies on a server, requests on a
+    /// client.
+    type WriteFrame: Send + 'static;
 
     #[doc(hidden)]
     type Transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>: Transport<
         Io,
-        Self::In,
-        Self::Out,
+        Self::ReadFrame,
+        Self::WriteFrame,
     >;
 
     /// Frames `io`, starting from `buffers` left by an earlier connection.
@@ -51,7 +56,7 @@ pub trait MakeTransport: Clone + Send + Sync + 'static + private::Sealed {
 
     /// The bytes a frame holds, for read-ahead budgets; 0 when unknown.
     #[doc(hidden)]
-    fn frame_len(_frame: &Self::In) -> usize {
+    fn frame_len(_frame: &Self::ReadFrame) -> usize {
         0
     }
 }
@@ -68,7 +73,8 @@ pub trait Transport<Io, In, Out>:
 }
 
 /// Read and write buffers kept by an instance from one connection to the
-/// next, so that a new client costs no allocation.
+/// next, so that a new client costs no allocation. (Public only because the
+/// sealed [`MakeTransport`] names it; not reachable from outside.)
 #[derive(Debug, Default)]
 pub struct Buffers {
     pub(crate) read: BytesMut,
@@ -145,8 +151,8 @@ where
     <C as Decoder>::Error: Into<BoxError>,
     <C as Encoder<Out>>::Error: Into<BoxError>,
 {
-    type In = C::Item;
-    type Out = Out;
+    type ReadFrame = C::Item;
+    type WriteFrame = Out;
     type Transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> = CodecTransport<Io, C>;
 
     fn transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(

@@ -1,28 +1,32 @@
 //! The server builder: every option, checked, then `bind` or `listener`.
 
-use std::{any::Any, fmt, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{
-    conn::{ConnConfig, ErrorReply},
-    listen::{Accept, Incoming, PipeListener},
+    conn::ConnConfig,
+    listen::{Accept, AcceptListener, PipeListener},
     Server,
 };
 use crate::{
     codec::{BuiltinFraming, Codec, Framing, MakeTransport, DEFAULT_MAX_FRAME_LEN},
-    error::BoxError,
+    error::{check_pipeline_depth, BoxError},
     sys, Address, Error,
 };
 
-/// The most instances a Windows pipe name can have (255 means "unlimited"
-/// to Windows). On Unix the limit is 65536 connections at once.
-pub const MAX_INSTANCES: usize = 254;
+/// The most connections a server serves at once, [`instances`](Builder::instances).
+///
+/// On Windows 254: `bind` creates up to twice as many pipe instances, and a
+/// pipe name has at most 254 (`nMaxInstances`; 255 means "unlimited").
+/// On Unix 65536: accept slots are tasks, not kernel objects, and further
+/// clients wait in the listen backlog.
+pub const MAX_INSTANCES: usize = sys::MAX_INSTANCES;
 
-/// The most connections served at once where slots are accept tasks rather
-/// than pipe instances (Unix sockets, any listener).
-pub(crate) const MAX_SLOTS: usize = 1 << 16;
+/// The most connections served at once from a listener you bring
+/// ([`Builder::listener`]): accept slots are tasks.
+const MAX_ACCEPT_SLOTS: usize = 1 << 16;
 
 /// Whether a Windows pipe carries a byte stream or messages.
 ///
@@ -44,52 +48,80 @@ pub enum PipeMode {
 /// the server), and to nobody else.
 pub const DEFAULT_SDDL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;OW)";
 
-/// What `sys::bind` needs to create the listening side.
+/// A service error turned into a reply, set with
+/// [`Builder::error_reply`]. Cheap to clone.
+pub struct ErrorReply<T>(Arc<dyn Fn(BoxError) -> T + Send + Sync>);
+
+impl<T> ErrorReply<T> {
+    pub(crate) fn reply(&self, error: BoxError) -> T {
+        (self.0)(error)
+    }
+}
+
+impl<T> Clone for ErrorReply<T> {
+    fn clone(&self) -> Self {
+        ErrorReply(self.0.clone())
+    }
+}
+
+impl<T> fmt::Debug for ErrorReply<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ErrorReply")
+    }
+}
+
+/// No [`error_reply`](Builder::error_reply) set: a service error closes its
+/// connection. The builder's state until one is set; only then can the
+/// framing still change ([`codec`](Builder::codec)).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoErrorReply;
+
+impl<T> From<NoErrorReply> for Option<ErrorReply<T>> {
+    fn from(_: NoErrorReply) -> Self {
+        None
+    }
+}
+
+/// The options of the pipe instances (socket) themselves.
 #[derive(Clone, Debug)]
-pub(crate) struct ListenOptions {
-    pub(crate) instances: usize,
-    /// Windows: the pipe instances created, and `nMaxInstances`: twice
-    /// `instances` (at most 254). An instance whose client has closed is not
-    /// listening again until the server has seen the EOF, disconnected and
-    /// connected anew; meanwhile a client reconnecting at once, or others
-    /// churning alongside, would find every instance busy although a slot is
-    /// free. The spares listen meanwhile; the server's semaphore still
-    /// serves at most `instances` connections at once. Unix: `instances`.
-    pub(crate) pipes: usize,
-    pub(crate) message_mode: bool,
-    pub(crate) in_buffer_size: u32,
-    pub(crate) out_buffer_size: u32,
-    pub(crate) reject_remote_clients: bool,
-    pub(crate) first_pipe_instance: bool,
-    /// The pipe's security descriptor; `None` for the system default.
-    #[cfg_attr(unix, allow(dead_code))]
-    pub(crate) sddl: Option<String>,
+struct PipeOptions {
+    instances: usize,
+    pipe_mode: Option<PipeMode>,
+    in_buffer_size: u32,
+    out_buffer_size: u32,
+    reject_remote_clients: bool,
+    first_pipe_instance: bool,
+    sddl: Option<String>,
 }
 
 /// Builds a [`Server`]: every option, then [`bind`](Builder::bind).
 ///
 /// `F` is the framing: [`BuiltinFraming`] (set with
 /// [`framing`](Builder::framing)) or [`Codec`] (set with
-/// [`codec`](Builder::codec)).
+/// [`codec`](Builder::codec)). `E` is the [`ErrorReply`], once set
+/// ([`NoErrorReply`] until then): it is typed by the framing's reply, so
+/// the framing is chosen first.
+///
+/// Options that do not apply to the platform (the pipe's buffer sizes and
+/// security on Unix) are accepted and ignored, so one configuration serves
+/// everywhere.
 #[must_use = "a builder does nothing until `bind` is called"]
-pub struct Builder<F = BuiltinFraming> {
+pub struct Builder<F = BuiltinFraming, E = NoErrorReply> {
     framing: F,
-    listen: ListenOptions,
-    pipe_mode: Option<PipeMode>,
+    pipe: PipeOptions,
     conn: ConnConfig,
     drain_timeout: Duration,
-    /// An `Arc<ErrorReply<F::Out>>`, typed when `F` is known.
-    error_reply: Option<Box<dyn Any + Send + Sync>>,
+    error_reply: E,
 }
 
-impl<F: fmt::Debug> fmt::Debug for Builder<F> {
+impl<F: fmt::Debug, E> fmt::Debug for Builder<F, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("framing", &self.framing)
-            .field("listen", &self.listen)
-            .field("pipe_mode", &self.pipe_mode)
+            .field("pipe", &self.pipe)
             .field("conn", &self.conn)
             .field("drain_timeout", &self.drain_timeout)
+            .field("error_reply", &std::any::type_name::<E>())
             .finish()
     }
 }
@@ -98,17 +130,15 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             framing: BuiltinFraming::new(Framing::LengthDelimited, DEFAULT_MAX_FRAME_LEN),
-            listen: ListenOptions {
+            pipe: PipeOptions {
                 instances: 4,
-                pipes: 4,
-                message_mode: false,
+                pipe_mode: None,
                 in_buffer_size: 65536,
                 out_buffer_size: 65536,
                 reject_remote_clients: true,
                 first_pipe_instance: true,
                 sddl: Some(DEFAULT_SDDL.to_owned()),
             },
-            pipe_mode: None,
             conn: ConnConfig {
                 pipeline_depth: 16,
                 concurrent: false,
@@ -117,12 +147,12 @@ impl Default for Builder {
                 write_timeout: Some(Duration::from_secs(30)),
             },
             drain_timeout: Duration::from_secs(10),
-            error_reply: None,
+            error_reply: NoErrorReply,
         }
     }
 }
 
-impl Builder {
+impl<E> Builder<BuiltinFraming, E> {
     /// Sets the built-in framing (default: length-delimited). See
     /// [`codec`](crate::codec) for the wire formats.
     pub fn framing(mut self, framing: Framing) -> Self {
@@ -138,77 +168,90 @@ impl Builder {
         self.framing = self.framing.with(None, Some(bytes));
         self
     }
+}
 
+impl Builder<BuiltinFraming, NoErrorReply> {
     /// Frames with your own tokio-util codec instead of a built-in framing:
     /// requests are its `Decoder::Item`, replies anything it can encode.
-    /// Set [`error_reply`](Builder::error_reply) after this, not before.
+    ///
+    /// Only before [`error_reply`](Builder::error_reply): an error reply is
+    /// a reply of the framing, so changing the framing after it would not
+    /// compile.
     ///
     /// # Examples
     ///
     /// ```
     /// use tokio_util::codec::LinesCodec;
     ///
-    /// let builder = pipeserve::Server::builder().codec(LinesCodec::new_with_max_length(1024));
-    /// # let _: pipeserve::server::Builder<pipeserve::codec::Codec<LinesCodec, String>> = builder;
+    /// let builder = pipeserve::Server::builder()
+    ///     .codec(LinesCodec::new_with_max_length(1024))
+    ///     .error_reply(|e| format!("error: {e}"));
+    /// # let _ = builder;
+    /// ```
+    ///
+    /// An error reply set first is a compile error, not a setting lost:
+    ///
+    /// ```compile_fail
+    /// use bytes::Bytes;
+    /// use tokio_util::codec::LinesCodec;
+    ///
+    /// let builder = pipeserve::Server::builder()
+    ///     .error_reply(|e| Bytes::from(format!("error: {e}")))
+    ///     .codec(LinesCodec::new());
     /// ```
     pub fn codec<C, Out>(self, codec: C) -> Builder<Codec<C, Out>> {
         Builder {
             framing: Codec::new(codec),
-            listen: self.listen,
-            pipe_mode: self.pipe_mode,
+            pipe: self.pipe,
             conn: self.conn,
             drain_timeout: self.drain_timeout,
-            error_reply: None,
+            error_reply: NoErrorReply,
         }
     }
 }
 
-impl<F: MakeTransport> Builder<F> {
-    /// Sets the number of pipe instances: how many clients are served at once
-    /// (default: 4).
+impl<F, E> Builder<F, E> {
+    /// Sets how many clients are served at once (default: 4); at most
+    /// [`MAX_INSTANCES`].
     ///
-    /// On Windows this many instances are created by [`bind`](Builder::bind)
-    /// and each is reused client after client, so this many clients can
-    /// connect at the same moment without `ERROR_PIPE_BUSY`. It is also
-    /// 1 to 254. The server creates twice as many pipe instances (at most
-    /// 254, also `nMaxInstances`), all listening, and serves at most `n` at
-    /// once: an instance whose client just left cannot listen again before
-    /// the server sees the EOF, so without spares a client reconnecting at
-    /// that moment would find every instance busy although a slot is free.
-    /// A client accepted while `n` are served waits, connected, until one
-    /// ends. On Unix it bounds the
-    /// connections served at once (1 to 65536); further clients wait in the
-    /// listen backlog.
+    /// On Windows, [`bind`](Builder::bind) creates twice as many pipe
+    /// instances (at most 254, also `nMaxInstances`), all listening, and
+    /// each is reused client after client: an instance whose client just
+    /// left cannot listen again before the server has seen the EOF, so
+    /// without spares a client reconnecting at that moment would find every
+    /// instance busy although a slot is free. A client accepted while `n`
+    /// are served waits, connected, until one ends. On Unix `n` tasks accept
+    /// from the socket; further clients wait in the listen backlog.
     pub fn instances(mut self, n: usize) -> Self {
-        self.listen.instances = n;
+        self.pipe.instances = n;
         self
     }
 
     /// Sets the Windows pipe mode (default: byte, or message with
     /// [`Framing::Message`]).
     pub fn pipe_mode(mut self, mode: PipeMode) -> Self {
-        self.pipe_mode = Some(mode);
+        self.pipe.pipe_mode = Some(mode);
         self
     }
 
     /// Sets the pipe's input buffer size in bytes (`nInBufferSize`; default
     /// 65536). Windows only. A size the system treats as advisory.
     pub fn in_buffer_size(mut self, bytes: u32) -> Self {
-        self.listen.in_buffer_size = bytes;
+        self.pipe.in_buffer_size = bytes;
         self
     }
 
     /// Sets the pipe's output buffer size in bytes (`nOutBufferSize`;
     /// default 65536). Windows only.
     pub fn out_buffer_size(mut self, bytes: u32) -> Self {
-        self.listen.out_buffer_size = bytes;
+        self.pipe.out_buffer_size = bytes;
         self
     }
 
     /// Whether to refuse clients from other machines
     /// (`PIPE_REJECT_REMOTE_CLIENTS`; default: true). Windows only.
     pub fn reject_remote_clients(mut self, reject: bool) -> Self {
-        self.listen.reject_remote_clients = reject;
+        self.pipe.reject_remote_clients = reject;
         self
     }
 
@@ -217,7 +260,7 @@ impl<F: MakeTransport> Builder<F> {
     /// if another process already holds the name, instead of serving
     /// alongside a squatter. Windows only.
     pub fn first_pipe_instance(mut self, first: bool) -> Self {
-        self.listen.first_pipe_instance = first;
+        self.pipe.first_pipe_instance = first;
         self
     }
 
@@ -246,10 +289,11 @@ impl<F: MakeTransport> Builder<F> {
         self
     }
 
-    /// Closes a connection whose client sent nothing for `timeout` while no
-    /// request was in flight (default: 5 minutes; `None`: never). Guards the
-    /// instances against clients that connect and say nothing; a client that
-    /// keeps an idle connection longer must reconnect.
+    /// Closes a connection that was idle for `timeout`: nothing received
+    /// from the client and no request in flight, measured from the last
+    /// request read or reply written (default: 5 minutes; `None`: never).
+    /// Guards the instances against clients that connect and say nothing; a
+    /// client that keeps an idle connection longer must reconnect.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.conn.idle_timeout = timeout;
         self
@@ -277,13 +321,24 @@ impl<F: MakeTransport> Builder<F> {
     /// `"D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;0x12018b;;;AU)"` for every
     /// authenticated user. See `docs/security.md`.
     pub fn sddl(mut self, sddl: Option<&str>) -> Self {
-        self.listen.sddl = sddl.map(str::to_owned);
+        self.pipe.sddl = sddl.map(str::to_owned);
         self
     }
 
+    /// Sets how long a graceful shutdown waits for connections to finish
+    /// (default: 10 s); connections still open then are closed.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+}
+
+impl<F: MakeTransport, E> Builder<F, E> {
     /// Turns a service error into a reply instead of closing the connection
     /// (the default closes it, after the replies before, and logs the
-    /// error). The connection goes on with the next request.
+    /// error). The connection goes on with the next request. The reply is
+    /// of the framing's type, so set the framing ([`codec`](Builder::codec))
+    /// first.
     ///
     /// # Examples
     ///
@@ -295,21 +350,24 @@ impl<F: MakeTransport> Builder<F> {
     /// # let _ = builder;
     /// ```
     pub fn error_reply(
-        mut self,
-        to_reply: impl Fn(BoxError) -> F::Out + Send + Sync + 'static,
-    ) -> Self {
-        let to_reply: Arc<ErrorReply<F::Out>> = Arc::new(to_reply);
-        self.error_reply = Some(Box::new(to_reply));
-        self
+        self,
+        to_reply: impl Fn(BoxError) -> F::WriteFrame + Send + Sync + 'static,
+    ) -> Builder<F, ErrorReply<F::WriteFrame>> {
+        Builder {
+            framing: self.framing,
+            pipe: self.pipe,
+            conn: self.conn,
+            drain_timeout: self.drain_timeout,
+            error_reply: ErrorReply(Arc::new(to_reply)),
+        }
     }
+}
 
-    /// Sets how long a graceful shutdown waits for connections to finish
-    /// (default: 10 s); connections still open then are closed.
-    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
-        self
-    }
-
+impl<F, E> Builder<F, E>
+where
+    F: MakeTransport,
+    E: Into<Option<ErrorReply<F::WriteFrame>>>,
+{
     /// Creates every pipe instance (binds the socket) now, and returns the
     /// server ready to [`serve`](Server::serve).
     ///
@@ -318,7 +376,8 @@ impl<F: MakeTransport> Builder<F> {
     /// # Errors
     ///
     /// - [`Error::is_config`]: an invalid name or option (instances not in
-    ///   1..=254, message framing on Unix or with byte mode);
+    ///   1..=[`MAX_INSTANCES`], a pipeline depth of 0, message framing on
+    ///   Unix or with byte mode, an invalid SDDL);
     /// - [`Error::is_addr_in_use`]: another server holds the name (on Windows
     ///   detected with `first_pipe_instance`, which Wine does not enforce);
     /// - [`Error::is_bind`]: creating an instance or the socket failed.
@@ -328,10 +387,35 @@ impl<F: MakeTransport> Builder<F> {
     /// Outside a tokio runtime: pipes and sockets register with its reactor.
     pub fn bind(self, name: &str) -> Result<Server<F>, Error> {
         let address = Address::new(name)?;
-        let (listen, parts) = self.check(true)?;
-        let listener = sys::bind(address.as_path(), &listen)?;
-        info!(address = %address, instances = listen.instances, "listening");
-        Ok(parts.into_server(PipeListener::new(listener, address), listen.instances))
+        self.check(sys::MAX_INSTANCES)?;
+        let needs_message = self.framing.message_mode();
+        if needs_message && !sys::MESSAGE_PIPES {
+            return Err(Error::config(
+                "message framing needs a windows named pipe; use length-delimited framing",
+            ));
+        }
+        let message_mode = match self.pipe.pipe_mode {
+            Some(PipeMode::Byte) if needs_message => {
+                return Err(Error::config(
+                    "message framing needs pipe_mode(Message), not Byte",
+                ));
+            }
+            Some(mode) => mode == PipeMode::Message,
+            None => needs_message,
+        };
+        let pipe = &self.pipe;
+        let options = sys::ListenOptions {
+            instances: sys::pipe_instances(pipe.instances),
+            message_mode,
+            in_buffer_size: pipe.in_buffer_size,
+            out_buffer_size: pipe.out_buffer_size,
+            reject_remote_clients: pipe.reject_remote_clients,
+            first_pipe_instance: pipe.first_pipe_instance,
+            sddl: pipe.sddl.clone(),
+        };
+        let listener = sys::bind(address.as_path(), &options).map_err(Error::from_sys)?;
+        info!(address = %address, instances = pipe.instances, "listening");
+        Ok(self.into_server(PipeListener::new(listener, address)))
     }
 
     /// Serves connections from your own listener (TCP, say) instead of a
@@ -342,79 +426,39 @@ impl<F: MakeTransport> Builder<F> {
     ///
     /// [`Error::is_config`] for an invalid option, or message framing (which
     /// needs a message-mode pipe).
-    pub fn listener<A: Accept>(self, acceptor: A) -> Result<Server<F, Incoming<A>>, Error> {
-        let (listen, parts) = self.check(false)?;
-        info!(listener = %acceptor.describe(), instances = listen.instances, "listening");
-        Ok(parts.into_server(Incoming::new(acceptor, listen.instances), listen.instances))
-    }
-
-    /// Checks every option; `pipes` when pipeserve binds the pipe or socket.
-    fn check(self, pipes: bool) -> Result<(ListenOptions, Parts<F>), Error> {
-        let mut listen = self.listen.clone();
-        let max = if pipes { sys::MAX_INSTANCES } else { MAX_SLOTS };
-        if !(1..=max).contains(&listen.instances) {
-            return Err(Error::config(format!(
-                "instances must be 1 to {max}, got {}",
-                listen.instances
-            )));
-        }
-        if self.conn.pipeline_depth == 0 {
-            return Err(Error::config("pipeline_depth must be at least 1"));
-        }
-        let needs_message = self.framing.message_mode();
-        if needs_message && !(pipes && sys::MESSAGE_PIPES) {
+    pub fn listener<A: Accept>(self, acceptor: A) -> Result<Server<F, AcceptListener<A>>, Error> {
+        self.check(MAX_ACCEPT_SLOTS)?;
+        if self.framing.message_mode() {
             return Err(Error::config(
-                "message framing needs a windows named pipe; use length-delimited framing",
+                "message framing needs a message-mode named pipe; use length-delimited framing",
             ));
         }
-        listen.message_mode = match self.pipe_mode {
-            Some(PipeMode::Byte) if needs_message => {
-                return Err(Error::config(
-                    "message framing needs pipe_mode(Message), not Byte",
-                ));
-            }
-            Some(mode) => mode == PipeMode::Message,
-            None => needs_message,
-        };
-        let error_reply = self
-            .error_reply
-            .map(|any| any.downcast::<Arc<ErrorReply<F::Out>>>().map(|b| *b))
-            .transpose()
-            .map_err(|_| Error::config("error_reply was set before codec; set it after"))?;
-        listen.pipes = if sys::SPARE_INSTANCES {
-            (2 * listen.instances).clamp(listen.instances, sys::MAX_INSTANCES)
-        } else {
-            listen.instances
-        };
-        let parts = Parts {
-            framing: self.framing,
-            conn: self.conn,
-            drain_timeout: self.drain_timeout,
-            error_reply,
-        };
-        Ok((listen, parts))
+        info!(listener = %acceptor.describe(), instances = self.pipe.instances, "listening");
+        let slots = self.pipe.instances;
+        Ok(self.into_server(AcceptListener::new(acceptor, slots)))
     }
-}
 
-/// What a server takes from its builder, besides where it listens.
-struct Parts<F: MakeTransport> {
-    framing: F,
-    conn: ConnConfig,
-    drain_timeout: Duration,
-    error_reply: Option<Arc<ErrorReply<F::Out>>>,
-}
+    /// Checks the options that apply to every listener.
+    fn check(&self, max_instances: usize) -> Result<(), Error> {
+        let n = self.pipe.instances;
+        if !(1..=max_instances).contains(&n) {
+            return Err(Error::config(format!(
+                "instances must be 1 to {max_instances}, got {n}"
+            )));
+        }
+        check_pipeline_depth(self.conn.pipeline_depth)
+    }
 
-impl<F: MakeTransport> Parts<F> {
-    fn into_server<L>(self, listener: L, instances: usize) -> Server<F, L> {
+    fn into_server<L>(self, listener: L) -> Server<F, L> {
         Server {
             listener,
             framing: self.framing,
             conn: self.conn,
             drain_timeout: self.drain_timeout,
-            error_reply: self.error_reply,
+            error_reply: self.error_reply.into(),
             requested: CancellationToken::new(),
             counters: Arc::default(),
-            instances,
+            instances: self.pipe.instances,
         }
     }
 }

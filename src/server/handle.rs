@@ -29,8 +29,9 @@ pub struct Handle {
 
 impl Handle {
     /// Starts a graceful shutdown, as the signal of
-    /// [`serve_with_shutdown`](super::Server::serve_with_shutdown) does; also for a
-    /// server started with [`serve`](super::Server::serve).
+    /// [`with_graceful_shutdown`](super::Serve::with_graceful_shutdown) does;
+    /// also for a server served without one. For an
+    /// [`Incoming`](super::Incoming), ends the stream.
     pub fn shutdown(&self) {
         self.requested.cancel();
     }

@@ -4,7 +4,8 @@
 /// slot) it came in on, and the client's process id.
 ///
 /// Handed to a per-connection service factory (see
-/// [`Server::serve_make`](crate::Server::serve_make)).
+/// [`Server::serve_make`](crate::Server::serve_make)), and carried by every
+/// [`Connection`](crate::server::Connection).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConnectionInfo {
     id: u64,
@@ -26,7 +27,7 @@ impl ConnectionInfo {
         self.id
     }
 
-    /// The index of the pipe instance (socket slot) serving it: below
+    /// The index of the pipe instance (accept slot) serving it: below
     /// `instances` on Unix, below twice that on Windows (the spare instances;
     /// see [`Builder::instances`](crate::server::Builder::instances)).
     pub fn instance(&self) -> usize {

@@ -5,8 +5,10 @@ use std::{any::type_name, fmt, future::Future, io, sync::Arc};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::pool;
-use crate::{sys, Address};
+use crate::{
+    sys::{self, Peer},
+    Address,
+};
 
 /// A listener a [`Server`](super::Server) can take connections from, for
 /// [`Builder::listener`](super::Builder::listener): the same tower service,
@@ -67,38 +69,35 @@ impl Accept for tokio::net::TcpListener {
     }
 }
 
+/// Unix sockets you bind yourself; the same accept path (and peer
+/// credentials) as the sockets [`bind`](super::Builder::bind) makes.
 #[cfg(unix)]
 impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
 
     async fn accept(&self) -> io::Result<(tokio::net::UnixStream, Option<u32>)> {
-        let (stream, _) = tokio::net::UnixListener::accept(self).await?;
-        let pid = stream
-            .peer_cred()
-            .ok()
-            .and_then(|c| c.pid())
-            .and_then(|p| u32::try_from(p).ok());
-        Ok((stream, pid))
+        let (stream, peer) = sys::accept(self).await?;
+        Ok((stream, peer.pid))
     }
 }
 
 /// Where a [`Server`](super::Server) gets its connections: a
-/// [`PipeListener`] from [`bind`](super::Builder::bind) or an [`Incoming`]
-/// from [`listener`](super::Builder::listener). Sealed.
-// The supertrait is how the server drives it, and is pipeserve's business.
+/// [`PipeListener`] from [`bind`](super::Builder::bind) or an
+/// [`AcceptListener`] from [`listener`](super::Builder::listener). Sealed.
+// The supertrait is how the pool drives it, and is pipeserve's business.
 #[allow(private_bounds)]
-pub trait Source: pool::Listener {}
+pub trait Source: sys::Listener {}
 
 /// The pipe instances (Windows) or Unix socket that
 /// [`Builder::bind`](super::Builder::bind) created.
 #[derive(Debug)]
 pub struct PipeListener {
-    inner: sys::Listener,
+    inner: sys::PipeListener,
     address: Address,
 }
 
 impl PipeListener {
-    pub(super) fn new(inner: sys::Listener, address: Address) -> Self {
+    pub(super) fn new(inner: sys::PipeListener, address: Address) -> Self {
         PipeListener { inner, address }
     }
 
@@ -107,14 +106,14 @@ impl PipeListener {
     }
 }
 
-impl pool::Listener for PipeListener {
-    type Slot = sys::Slot;
+impl sys::Listener for PipeListener {
+    type Slot = <sys::PipeListener as sys::Listener>::Slot;
 
-    fn take_slots(&mut self) -> Vec<sys::Slot> {
+    fn take_slots(&mut self) -> Vec<Self::Slot> {
         self.inner.take_slots()
     }
 
-    fn spare(&self) -> sys::Slot {
+    fn spare(&self) -> Self::Slot {
         self.inner.spare()
     }
 
@@ -131,14 +130,14 @@ impl Source for PipeListener {}
 
 /// Connections from your own listener, from
 /// [`Builder::listener`](super::Builder::listener).
-pub struct Incoming<A> {
+pub struct AcceptListener<A> {
     acceptor: Arc<A>,
     slots: usize,
 }
 
-impl<A> Incoming<A> {
+impl<A> AcceptListener<A> {
     pub(super) fn new(acceptor: A, slots: usize) -> Self {
-        Incoming {
+        AcceptListener {
             acceptor: Arc::new(acceptor),
             slots,
         }
@@ -150,24 +149,26 @@ impl<A> Incoming<A> {
     }
 }
 
-impl<A> fmt::Debug for Incoming<A> {
+impl<A> fmt::Debug for AcceptListener<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Incoming")
+        f.debug_struct("AcceptListener")
             .field("acceptor", &type_name::<A>())
             .field("slots", &self.slots)
             .finish()
     }
 }
 
-impl<A: Accept> pool::Listener for Incoming<A> {
-    type Slot = IncomingSlot<A>;
+impl<A: Accept> sys::Listener for AcceptListener<A> {
+    type Slot = AcceptSlot<A>;
 
-    fn take_slots(&mut self) -> Vec<IncomingSlot<A>> {
-        (0..self.slots).map(|_| self.spare()).collect()
+    fn take_slots(&mut self) -> Vec<AcceptSlot<A>> {
+        (0..std::mem::take(&mut self.slots))
+            .map(|_| self.spare())
+            .collect()
     }
 
-    fn spare(&self) -> IncomingSlot<A> {
-        IncomingSlot(self.acceptor.clone())
+    fn spare(&self) -> AcceptSlot<A> {
+        AcceptSlot(self.acceptor.clone())
     }
 
     fn stop(&self) {}
@@ -177,16 +178,17 @@ impl<A: Accept> pool::Listener for Incoming<A> {
     }
 }
 
-impl<A: Accept> Source for Incoming<A> {}
+impl<A: Accept> Source for AcceptListener<A> {}
 
 /// One accept slot on a shared [`Accept`].
-pub(crate) struct IncomingSlot<A>(Arc<A>);
+pub(crate) struct AcceptSlot<A>(Arc<A>);
 
-impl<A: Accept> pool::Slot for IncomingSlot<A> {
+impl<A: Accept> sys::Slot for AcceptSlot<A> {
     type Io = A::Io;
 
-    async fn accept(&mut self) -> io::Result<(A::Io, Option<u32>)> {
-        self.0.accept().await
+    async fn accept(&mut self) -> io::Result<(A::Io, Peer)> {
+        let (io, pid) = self.0.accept().await?;
+        Ok((io, Peer { pid }))
     }
 
     async fn release(&mut self, io: A::Io) -> io::Result<()> {

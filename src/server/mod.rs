@@ -1,46 +1,44 @@
-//! The server: a builder, the instance pool, and the `serve*` entry points.
+//! The server: a builder, the instance pool, and two ways to use it:
+//! [`serve`](Server::serve) frames with a tower service, or
+//! [`into_incoming`](Server::into_incoming) hands out connected streams.
 
-pub(crate) mod builder;
+mod builder;
 mod conn;
+mod dispatch;
 mod handle;
+mod incoming;
 mod info;
 mod listen;
-pub(crate) mod pool;
+mod pool;
+mod serve;
 mod stats;
 
-use std::{
-    collections::HashMap,
-    fmt,
-    future::Future,
-    sync::{atomic::AtomicU64, Arc, OnceLock},
-    time::Duration,
-};
+use std::{fmt, sync::Arc, time::Duration};
 
-use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
-use tracing::{error, info};
 
-pub(crate) use builder::ListenOptions;
-pub use builder::{Builder, PipeMode, DEFAULT_SDDL, MAX_INSTANCES};
+pub use builder::{Builder, ErrorReply, NoErrorReply, PipeMode, DEFAULT_SDDL, MAX_INSTANCES};
 pub use handle::Handle;
+pub use incoming::{Connection, Incoming};
 pub use info::ConnectionInfo;
-pub use listen::{Accept, Incoming, PipeListener, Source};
+pub use listen::{Accept, AcceptListener, PipeListener, Source};
+pub use serve::{FrameService, Serve, WithGracefulShutdown};
 pub use stats::{Stats, Summary};
 
 use self::{
-    conn::{ConnConfig, ErrorReply},
-    pool::{CloneService, MakeConnService, MakeWith, Shared},
+    conn::{CloneService, ConnConfig, MakeWith},
     stats::Counters,
 };
 use crate::{
     codec::{BuiltinFraming, MakeTransport},
     error::BoxError,
-    Address, Error,
+    Address,
 };
 
-/// A bound server: its pipe instances exist (its socket listens); serving
-/// starts with one of the `serve*` methods.
+/// A bound server: its pipe instances exist (its socket listens). Serve it
+/// with [`serve`](Server::serve) or [`serve_make`](Server::serve_make), or
+/// take its connections with [`into_incoming`](Server::into_incoming).
 ///
 /// # Examples
 ///
@@ -61,9 +59,10 @@ pub struct Server<F: MakeTransport = BuiltinFraming, L = PipeListener> {
     framing: F,
     conn: ConnConfig,
     drain_timeout: Duration,
-    error_reply: Option<Arc<ErrorReply<F::Out>>>,
+    error_reply: Option<ErrorReply<F::WriteFrame>>,
     requested: CancellationToken,
     counters: Arc<Counters>,
+    /// Connections served at once.
     instances: usize,
 }
 
@@ -91,7 +90,7 @@ impl<F: MakeTransport> Server<F> {
     }
 }
 
-impl<F: MakeTransport, A> Server<F, Incoming<A>> {
+impl<F: MakeTransport, A> Server<F, AcceptListener<A>> {
     /// The listener it serves.
     pub fn get_ref(&self) -> &A {
         self.listener.get_ref()
@@ -108,47 +107,40 @@ impl<F: MakeTransport, L: Source> Server<F, L> {
         }
     }
 
-    /// Serves every connection with a clone of `svc`, until the future is
-    /// dropped.
+    /// Serves every connection with a clone of `svc`: reads requests, calls
+    /// the service (after `poll_ready` each time), writes the replies in
+    /// request order.
     ///
-    /// # Errors
+    /// The returned [`Serve`] is a future: await it, or spawn it. It runs
+    /// until dropped, or until a [`Handle::shutdown`]; add a signal with
+    /// [`with_graceful_shutdown`](Serve::with_graceful_shutdown).
     ///
-    /// None today: errors of a connection or an instance are logged and
-    /// handled, never the end of the server. The `Result` leaves room for
-    /// errors that would be.
-    pub async fn serve<S>(self, svc: S) -> Result<Summary, Error>
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use bytes::Bytes;
+    /// use std::convert::Infallible;
+    ///
+    /// # async fn run(server: pipeserve::Server) -> Result<(), pipeserve::Error> {
+    /// let echo = tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) });
+    /// let summary = server
+    ///     .serve(echo)
+    ///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.unwrap() })
+    ///     .await?;
+    /// println!("{} requests answered", summary.requests);
+    /// # Ok(()) }
+    /// ```
+    pub fn serve<S>(self, svc: S) -> Serve<F, L, CloneService<S>>
     where
-        S: Service<F::In, Response = F::Out> + Clone + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError> + Send,
+        S: FrameService<F::ReadFrame, F::WriteFrame> + Clone,
     {
-        self.run(CloneService(svc), std::future::pending()).await
-    }
-
-    /// Serves like [`serve`](Server::serve) until `signal` completes, then
-    /// shuts down gracefully and returns what it did.
-    ///
-    /// On the signal the server stops accepting and stops reading new
-    /// frames; every request already read is answered and its reply written;
-    /// the server waits for clients to read and close, up to the drain
-    /// timeout, then closes what remains ([`Summary::cut`]).
-    ///
-    /// # Errors
-    ///
-    /// As [`serve`](Server::serve).
-    pub async fn serve_with_shutdown<S, G>(self, svc: S, signal: G) -> Result<Summary, Error>
-    where
-        S: Service<F::In, Response = F::Out> + Clone + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError> + Send,
-        G: Future<Output = ()> + Send,
-    {
-        self.run(CloneService(svc), signal).await
+        Serve::new(self, CloneService(svc))
     }
 
     /// Serves every connection with its own service, made by `make` from the
     /// connection's [`ConnectionInfo`] (a tower `MakeService`). If `make`
-    /// fails, that connection is closed.
+    /// fails, that connection is closed. Otherwise as
+    /// [`serve`](Server::serve).
     ///
     /// # Examples
     ///
@@ -169,127 +161,51 @@ impl<F: MakeTransport, L: Source> Server<F, L> {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    ///
-    /// # Errors
-    ///
-    /// As [`serve`](Server::serve).
-    pub async fn serve_make<M, S>(self, make: M) -> Result<Summary, Error>
+    pub fn serve_make<M, S>(self, make: M) -> Serve<F, L, MakeWith<M>>
     where
-        M: Service<ConnectionInfo, Response = S> + Clone + Send + 'static,
-        M::Future: Send,
-        M::Error: Into<BoxError>,
-        S: Service<F::In, Response = F::Out> + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError> + Send,
+        M: Service<ConnectionInfo, Response = S, Future: Send, Error: Into<BoxError>>
+            + Clone
+            + Send
+            + 'static,
+        S: FrameService<F::ReadFrame, F::WriteFrame>,
     {
-        self.run(MakeWith(make), std::future::pending()).await
+        Serve::new(self, MakeWith(make))
     }
 
-    /// [`serve_make`](Server::serve_make) with a graceful shutdown on
-    /// `signal`, as [`serve_with_shutdown`](Server::serve_with_shutdown).
+    /// Hands out the pool's connections as they come, instead of serving
+    /// frames: a [`Stream`](futures_util::Stream) of [`Connection`]s, each an
+    /// `AsyncRead + AsyncWrite` with its [`ConnectionInfo`], for hyper,
+    /// tonic or your own protocol. The framing and per-connection options
+    /// of the builder do not apply; the pool's do (instances and spares,
+    /// security, linger).
     ///
-    /// # Errors
+    /// Every instance keeps listening. Dropping a [`Connection`] gives its
+    /// instance back: the pool waits for the client's EOF (up to the linger
+    /// timeout) before disconnecting, so no reply is lost, then listens
+    /// again. [`Handle::shutdown`] ends the stream; dropping it stops
+    /// accepting, while connections already handed out live on.
     ///
-    /// As [`serve`](Server::serve).
-    pub async fn serve_make_with_shutdown<M, S, G>(
-        self,
-        make: M,
-        signal: G,
-    ) -> Result<Summary, Error>
-    where
-        M: Service<ConnectionInfo, Response = S> + Clone + Send + 'static,
-        M::Future: Send,
-        M::Error: Into<BoxError>,
-        S: Service<F::In, Response = F::Out> + Send + 'static,
-        S::Future: Send,
-        S::Error: Into<BoxError> + Send,
-        G: Future<Output = ()> + Send,
-    {
-        self.run(MakeWith(make), signal).await
-    }
-
-    async fn run<M, G>(self, make: M, signal: G) -> Result<Summary, Error>
-    where
-        M: MakeConnService<F::In>,
-        M::Service: Service<F::In, Response = F::Out>,
-        <M::Service as Service<F::In>>::Future: Send,
-        <M::Service as Service<F::In>>::Error: Into<BoxError> + Send,
-        G: Future<Output = ()> + Send,
-    {
-        let shared = Arc::new(Shared {
-            framing: self.framing,
-            conn: self.conn,
-            error_reply: self.error_reply,
-            shutdown: CancellationToken::new(),
-            drain_deadline: OnceLock::new(),
-            counters: self.counters,
-            next_id: AtomicU64::new(0),
-            slots: tokio::sync::Semaphore::new(self.instances),
-        });
-        let mut listener = self.listener;
-        // Dropping the serve future drops the set, which aborts every task.
-        let mut tasks = JoinSet::new();
-        let mut instance_of = HashMap::new();
-        for (index, slot) in listener.take_slots().into_iter().enumerate() {
-            let task = tasks.spawn(pool::run_instance(
-                slot,
-                index,
-                make.clone(),
-                shared.clone(),
-            ));
-            instance_of.insert(task.id(), index);
-        }
-
-        tokio::pin!(signal);
-        loop {
-            tokio::select! {
-                () = &mut signal => break,
-                () = self.requested.cancelled() => break,
-                Some(done) = tasks.join_next_with_id() => {
-                    let (id, why) = match done {
-                        Ok((id, ())) => (id, "returned".to_owned()),
-                        Err(e) => (e.id(), e.to_string()),
-                    };
-                    // Instance tasks run until shutdown and catch the
-                    // service's panics; only a bug of ours ends one. Start a
-                    // new one, a little later, so a bug cannot spin.
-                    let Some(index) = instance_of.remove(&id) else { continue };
-                    shared.counters.instance_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    error!(instance = index, %why, "instance task ended unexpectedly; restarting it");
-                    let (slot, make, shared) = (listener.spare(), make.clone(), shared.clone());
-                    let task = tasks.spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        pool::run_instance(slot, index, make, shared).await
-                    });
-                    instance_of.insert(task.id(), index);
-                }
-            }
-        }
-
-        info!(listener = %listener.describe(), "shutting down");
-        listener.stop();
-        let deadline = Instant::now() + self.drain_timeout;
-        let _ = shared.drain_deadline.set(deadline);
-        shared.shutdown.cancel();
-        let mut cut = 0;
-        loop {
-            tokio::select! {
-                done = tasks.join_next() => if done.is_none() { break },
-                () = tokio::time::sleep_until(deadline) => {
-                    cut = shared.counters.active();
-                    tasks.shutdown().await;
-                    break;
-                }
-            }
-        }
-        drop(listener);
-        let summary = shared.counters.summary(cut);
-        info!(
-            connections = summary.connections,
-            requests = summary.requests,
-            cut = summary.cut,
-            "shut down"
-        );
-        Ok(summary)
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use futures_util::StreamExt;
+    /// use tokio::io::AsyncWriteExt;
+    ///
+    /// # async fn run(server: pipeserve::Server) {
+    /// let mut incoming = server.into_incoming();
+    /// while let Some(mut conn) = incoming.next().await {
+    ///     tokio::spawn(async move {
+    ///         let _ = conn.write_all(b"hello\n").await;
+    ///         // Dropping `conn` gives the instance back, after the client read.
+    ///     });
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime: the instance tasks start now.
+    pub fn into_incoming(self) -> Incoming<L> {
+        Incoming::new(self)
     }
 }

@@ -1,148 +1,222 @@
-//! The instance pool: one task per pipe instance (socket slot), each running
-//! connect -> serve -> disconnect for client after client.
+//! The instance pool: one task per pipe instance (accept slot), each running
+//! connect -> handle -> close -> disconnect for client after client.
 //!
-//! The seed's single thread waited on all instances' events with
-//! `WaitForMultipleObjects` (at most 64) and exited on any error. Here every
-//! instance is its own tokio task on the IOCP (or epoll/kqueue) reactor, so
-//! the pool scales to 254 instances, tasks are scheduled fairly, and an
-//! error ends only that connection. An instance whose handle fails is
-//! replaced after a backoff.
+//! Microsoft's overlapped server sample waits on all instances' events with
+//! one `WaitForMultipleObjects` (at most 64) and exits on any error. Here
+//! every instance is its own tokio task on the IOCP (or epoll/kqueue)
+//! reactor, so the pool scales to 254 instances, tasks are scheduled fairly,
+//! and an error ends only that connection. An instance whose handle fails
+//! is replaced after a backoff; a task that dies anyway is restarted.
+//!
+//! One pool serves both ways of using a server: a [`Handler`] decides what
+//! an instance does with a client once it is in. [`Framed`](super::conn::Framed)
+//! serves its frames right there; [`Handout`](super::incoming::Handout)
+//! hands it out as a [`Connection`](super::Connection) and waits for it to
+//! come back. Either way the pool then closes it the same way: it waits for
+//! the client's EOF (bounded) before it disconnects, so no reply is lost.
 
 use std::{
+    collections::HashMap,
     future::Future,
-    io,
     panic::AssertUnwindSafe,
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc, OnceLock,
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
 use futures_util::FutureExt;
 use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::{Semaphore, SemaphorePermit},
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::{Id, JoinSet},
     time::Instant,
 };
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
-use tower_service::Service;
 use tracing::{debug, error, trace, warn, Instrument};
 
 use super::{
-    conn::{self, ConnConfig, End, ErrorReply, Observer},
+    conn::{self, End},
     stats::Counters,
     ConnectionInfo,
 };
-use crate::{
-    codec::{Buffers, MakeTransport, Transport},
-    error::BoxError,
-};
+use crate::sys::{Listener, Slot};
 
-/// One pipe instance (Windows) or accept slot (Unix): where connections come
-/// from. Implemented in `sys`.
-pub(crate) trait Slot: Send + 'static {
-    /// A connected client.
-    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-
-    /// Waits for the next client; returns it with its process id. Cancel
-    /// safe.
-    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, Option<u32>)>> + Send;
-
-    /// Takes a finished connection back: disconnects the client, readying
-    /// the instance for the next one.
-    fn release(&mut self, io: Self::Io) -> impl Future<Output = io::Result<()>> + Send;
-
-    /// Replaces the instance after a failure.
-    fn recover(&mut self) -> io::Result<()>;
-}
-
-/// The listening side of a server, from `sys::bind`: its slots, and what
-/// stops new clients from arriving.
-pub(crate) trait Listener: Send + 'static {
-    type Slot: Slot;
-
-    /// The slots, one per instance.
-    fn take_slots(&mut self) -> Vec<Self::Slot>;
-
-    /// A slot with no instance yet (it makes one on its first accept), to
-    /// replace one lost with its task.
-    fn spare(&self) -> Self::Slot;
-
-    /// Stops new clients from finding the server (Unix: removes the socket
-    /// file). Windows instances stop listening as their tasks end.
-    fn stop(&self);
-
-    /// Where it listens, for logs.
-    fn describe(&self) -> String;
-}
-
-/// Makes the service for each connection.
-pub(crate) trait MakeConnService<Req>: Clone + Send + 'static {
-    type Service: Service<Req> + Send + 'static;
-
-    fn make(
+/// What an instance does with a client once it is in.
+pub(crate) trait Handler<Io>: Clone + Send + 'static {
+    /// Serves (or hands out) one connection; returns its I/O object, to
+    /// close and disconnect, and why it ended. `serving` is the connection's
+    /// place among the `instances` served at once: drop it when serving
+    /// ends, before the pool lingers for the client's EOF.
+    fn handle(
         &mut self,
-        info: &ConnectionInfo,
-    ) -> impl Future<Output = Result<Self::Service, BoxError>> + Send;
+        io: Io,
+        info: ConnectionInfo,
+        serving: OwnedSemaphorePermit,
+        shared: &Arc<Shared>,
+    ) -> impl Future<Output = Handled<Io>> + Send;
 }
 
-/// Every connection gets a clone of one service.
-#[derive(Clone)]
-pub(crate) struct CloneService<S>(pub(crate) S);
-
-impl<S, Req> MakeConnService<Req> for CloneService<S>
-where
-    S: Service<Req> + Clone + Send + 'static,
-{
-    type Service = S;
-
-    async fn make(&mut self, _: &ConnectionInfo) -> Result<S, BoxError> {
-        Ok(self.0.clone())
-    }
-}
-
-/// Every connection gets a service made by a tower `MakeService` from its
-/// [`ConnectionInfo`].
-#[derive(Clone)]
-pub(crate) struct MakeWith<M>(pub(crate) M);
-
-impl<M, S, Req> MakeConnService<Req> for MakeWith<M>
-where
-    M: Service<ConnectionInfo, Response = S> + Clone + Send + 'static,
-    M::Future: Send,
-    M::Error: Into<BoxError>,
-    S: Service<Req> + Send + 'static,
-{
-    type Service = S;
-
-    async fn make(&mut self, info: &ConnectionInfo) -> Result<S, BoxError> {
-        self.0
-            .clone()
-            .oneshot(info.clone())
-            .await
-            .map_err(Into::into)
-    }
+/// A connection back from its handler.
+pub(crate) struct Handled<Io> {
+    /// `None` if the connection was lost (a `Connection` leaked): the slot
+    /// makes a new instance.
+    pub(crate) io: Option<Io>,
+    pub(crate) end: End,
 }
 
 /// What all instance tasks of a server share.
-pub(crate) struct Shared<F: MakeTransport> {
-    pub(crate) framing: F,
-    pub(crate) conn: ConnConfig,
-    pub(crate) error_reply: Option<Arc<ErrorReply<F::Out>>>,
-    /// Cancelled once the drain deadline is set: instances stop accepting,
-    /// connections stop reading.
+pub(crate) struct Shared {
+    /// Cancelled when the server stops accepting: instances stop listening,
+    /// framed connections stop reading.
     pub(crate) shutdown: CancellationToken,
-    /// Set when shutdown begins: lingering connections wait until then.
-    pub(crate) drain_deadline: OnceLock<Instant>,
+    /// Set when a graceful shutdown begins: lingering connections wait until
+    /// then.
+    drain_deadline: OnceLock<Instant>,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) next_id: AtomicU64,
+    next_id: AtomicU64,
     /// One permit per connection served at once (`instances`). On Windows
-    /// there are more pipe instances than that (see `ListenOptions::pipes`):
-    /// a client accepted while every slot is taken waits, connected, as in a
+    /// there are more pipe instances than that (the spares): a client
+    /// accepted while every permit is taken waits, connected, as in a
     /// socket's listen backlog.
-    pub(crate) slots: Semaphore,
+    serving: Arc<Semaphore>,
+    /// How long to wait for the client's EOF after the server ended a
+    /// connection.
+    linger: Duration,
+}
+
+impl Shared {
+    pub(crate) fn new(counters: Arc<Counters>, instances: usize, linger: Duration) -> Arc<Self> {
+        Arc::new(Shared {
+            shutdown: CancellationToken::new(),
+            drain_deadline: OnceLock::new(),
+            counters,
+            next_id: AtomicU64::new(0),
+            serving: Arc::new(Semaphore::new(instances)),
+            linger,
+        })
+    }
+
+    /// Until when a connection that ended with `end` waits for its client's
+    /// EOF: the linger timeout, or after a shutdown the drain deadline.
+    fn linger_deadline(&self, end: &End) -> Instant {
+        let linger = Instant::now() + self.linger;
+        match (self.drain_deadline.get(), end) {
+            (Some(&drain), End::Shutdown) => drain,
+            (Some(&drain), _) => drain.min(linger),
+            (None, _) => linger,
+        }
+    }
+}
+
+/// The instance tasks of a server, and what restarts them.
+pub(crate) struct Pool<L: Listener, H> {
+    listener: L,
+    handler: H,
+    shared: Arc<Shared>,
+    /// Dropping the set aborts every task.
+    tasks: JoinSet<()>,
+    instance_of: HashMap<Id, usize>,
+}
+
+impl<L, H> Pool<L, H>
+where
+    L: Listener,
+    H: Handler<<L::Slot as Slot>::Io>,
+{
+    /// Starts one task per slot of `listener`, on the current runtime.
+    pub(crate) fn start(mut listener: L, handler: H, shared: Arc<Shared>) -> Self {
+        let slots = listener.take_slots();
+        let mut pool = Pool {
+            listener,
+            handler,
+            shared,
+            tasks: JoinSet::new(),
+            instance_of: HashMap::new(),
+        };
+        for (index, slot) in slots.into_iter().enumerate() {
+            pool.spawn(slot, index, None);
+        }
+        pool
+    }
+
+    fn spawn(&mut self, slot: L::Slot, index: usize, delay: Option<Duration>) {
+        let (handler, shared) = (self.handler.clone(), self.shared.clone());
+        let task = self.tasks.spawn(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            run_instance(slot, index, handler, shared)
+                .instrument(tracing::debug_span!("instance", index))
+                .await
+        });
+        self.instance_of.insert(task.id(), index);
+    }
+
+    /// Restarts instance tasks that ended before shutdown. Never ready.
+    ///
+    /// Instance tasks run until shutdown and catch the service's panics; only
+    /// a bug of ours ends one early. It is started again a little later, so
+    /// that a bug cannot spin.
+    pub(crate) fn poll_watch(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        while let Poll::Ready(Some(done)) = self.tasks.poll_join_next_with_id(cx) {
+            let (id, why) = match done {
+                Ok((id, ())) => (id, "returned".to_owned()),
+                Err(e) => (e.id(), e.to_string()),
+            };
+            let Some(index) = self.instance_of.remove(&id) else {
+                continue;
+            };
+            if self.shared.shutdown.is_cancelled() {
+                continue;
+            }
+            self.shared.counters.instance_failures.fetch_add(1, Relaxed);
+            error!(instance = index, %why, "instance task ended unexpectedly; restarting it");
+            let slot = self.listener.spare();
+            self.spawn(slot, index, Some(Duration::from_millis(100)));
+        }
+        Poll::Pending
+    }
+
+    /// Stops accepting: new clients no longer find the server (Unix: the
+    /// socket file goes), listening instances close, framed connections
+    /// stop reading. Connections in progress go on.
+    pub(crate) fn stop_accepting(&self) {
+        self.listener.stop();
+        self.shared.shutdown.cancel();
+    }
+
+    /// Shuts down gracefully: stops accepting, waits for the connections to
+    /// finish (their clients to read and close) until `timeout`, then closes
+    /// what remains. Returns how many connections were cut.
+    pub(crate) async fn drain(mut self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let _ = self.shared.drain_deadline.set(deadline);
+        self.stop_accepting();
+        loop {
+            tokio::select! {
+                done = self.tasks.join_next() => if done.is_none() { return 0 },
+                () = tokio::time::sleep_until(deadline) => {
+                    let cut = self.shared.counters.active();
+                    self.tasks.shutdown().await;
+                    return cut;
+                }
+            }
+        }
+    }
+
+    /// Stops accepting and lets the tasks finish on their own: each ends
+    /// once its connection (if it has one out) is back and closed.
+    pub(crate) fn detach(mut self) {
+        self.stop_accepting();
+        self.tasks.detach_all();
+    }
+
+    /// Where it listens, for logs.
+    pub(crate) fn describe(&self) -> String {
+        self.listener.describe()
+    }
 }
 
 /// Exponential backoff for a failing instance: 10 ms doubling to 1 s.
@@ -159,37 +233,13 @@ impl Backoff {
     }
 }
 
-/// Runs one instance until shutdown, in a span of its own.
-pub(crate) fn run_instance<L, F, M>(
-    slot: L,
-    index: usize,
-    make: M,
-    shared: Arc<Shared<F>>,
-) -> impl Future<Output = ()> + Send
+/// Connect, handle, close, disconnect, repeat, until shutdown.
+async fn run_instance<S, H>(mut slot: S, index: usize, mut handler: H, shared: Arc<Shared>)
 where
-    L: Slot,
-    F: MakeTransport,
-    M: MakeConnService<F::In>,
-    M::Service: Service<F::In, Response = F::Out>,
-    <M::Service as Service<F::In>>::Future: Send,
-    <M::Service as Service<F::In>>::Error: Into<BoxError> + Send,
-{
-    instance_loop(slot, index, make, shared).instrument(tracing::debug_span!("instance", index))
-}
-
-/// Connect, serve, disconnect, repeat.
-async fn instance_loop<L, F, M>(mut slot: L, index: usize, mut make: M, shared: Arc<Shared<F>>)
-where
-    L: Slot,
-    F: MakeTransport,
-    M: MakeConnService<F::In>,
-    M::Service: Service<F::In, Response = F::Out>,
-    <M::Service as Service<F::In>>::Future: Send,
-    <M::Service as Service<F::In>>::Error: Into<BoxError> + Send,
+    S: Slot,
+    H: Handler<S::Io>,
 {
     let mut backoff = Backoff(Backoff::FIRST);
-    // Read and write buffers, reused client after client.
-    let mut buffers = Buffers::default();
     loop {
         let listening = shared.counters.listening();
         let accepted = tokio::select! {
@@ -198,7 +248,7 @@ where
             accepted = slot.accept() => accepted,
         };
         drop(listening);
-        let (io, pid) = match accepted {
+        let (io, peer) = match accepted {
             Ok(accepted) => {
                 backoff = Backoff(Backoff::FIRST);
                 accepted
@@ -217,8 +267,9 @@ where
                 continue;
             }
         };
-        // A slot before serving; without one the client waits, connected.
-        let serving = match shared.slots.try_acquire() {
+        // A place among those served before serving; without one the client
+        // waits, connected.
+        let serving = match shared.serving.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => tokio::select! {
                 biased;
@@ -226,31 +277,55 @@ where
                     let _ = slot.release(io).await;
                     return;
                 }
-                permit = shared.slots.acquire() => permit.expect("the slots are never closed"),
+                permit = shared.serving.clone().acquire_owned() => {
+                    permit.expect("the semaphore is never closed")
+                }
             },
         };
-        let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, pid);
-        let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid = pid);
-        let served = AssertUnwindSafe(
-            serve_one(io, info, &mut make, &shared, &mut buffers, serving).instrument(span.clone()),
+        let info = ConnectionInfo::new(
+            shared.next_id.fetch_add(1, Relaxed) + 1,
+            index,
+            peer.pid,
+        );
+        let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid = peer.pid);
+        let active = shared.counters.open();
+        trace!(parent: &span, "client connected");
+        let handled = AssertUnwindSafe(
+            handler
+                .handle(io, info, serving, &shared)
+                .instrument(span.clone()),
         )
         .catch_unwind()
         .await;
-        match served {
-            Ok(io) => {
-                if let Err(e) = slot.release(io).await {
-                    shared.counters.instance_failures.fetch_add(1, Relaxed);
-                    warn!(instance = index, error = %e, "disconnecting the client failed; replacing the instance");
-                    if let Err(e) = slot.recover() {
-                        warn!(instance = index, error = %e, "replacing the instance failed; will retry");
-                    }
-                }
-            }
+        let Handled { io, end } = match handled {
+            Ok(handled) => handled,
             Err(panic) => {
                 // The connection (and, on Windows, its pipe instance) went
                 // down with the panic; the slot makes a new instance.
                 shared.counters.panics.fetch_add(1, Relaxed);
                 error!(parent: &span, panic = panic_message(&*panic), "the service panicked; connection closed");
+                continue;
+            }
+        };
+        let Some(mut io) = io else {
+            debug!(parent: &span, "connection lost; replacing the instance");
+            continue;
+        };
+        let closed = conn::close(&mut io, &end, shared.linger_deadline(&end))
+            .instrument(span.clone())
+            .await;
+        shared.counters.ended(&end);
+        if end.is_clean() {
+            trace!(parent: &span, reason = %end, "client disconnected");
+        } else {
+            debug!(parent: &span, reason = %end, client_closed = closed, "connection closed");
+        }
+        drop(active);
+        if let Err(e) = slot.release(io).await {
+            shared.counters.instance_failures.fetch_add(1, Relaxed);
+            warn!(instance = index, error = %e, "disconnecting the client failed; replacing the instance");
+            if let Err(e) = slot.recover() {
+                warn!(instance = index, error = %e, "replacing the instance failed; will retry");
             }
         }
     }
@@ -262,77 +337,4 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("(not a string)")
-}
-
-/// Counts what the dispatcher reports.
-struct Count<'a>(&'a Counters);
-
-impl Observer for Count<'_> {
-    fn answered(&mut self) {
-        self.0.requests.fetch_add(1, Relaxed);
-    }
-
-    fn error_replied(&mut self, error: &BoxError) {
-        self.0.service_errors.fetch_add(1, Relaxed);
-        debug!(%error, "service failed; replied with an error reply");
-    }
-}
-
-/// Serves one client and returns the I/O object for disconnecting.
-async fn serve_one<Io, F, M>(
-    io: Io,
-    info: ConnectionInfo,
-    make: &mut M,
-    shared: &Shared<F>,
-    buffers: &mut Buffers,
-    serving: SemaphorePermit<'_>,
-) -> Io
-where
-    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: MakeTransport,
-    M: MakeConnService<F::In>,
-    M::Service: Service<F::In, Response = F::Out>,
-    <M::Service as Service<F::In>>::Error: Into<BoxError>,
-{
-    let _active = shared.counters.open();
-    trace!("client connected");
-    let svc = match make.make(&info).await {
-        Ok(svc) => svc,
-        Err(e) => {
-            shared.counters.service_errors.fetch_add(1, Relaxed);
-            debug!(error = %e, "making the connection's service failed; closing");
-            return io;
-        }
-    };
-    let mut transport = shared.framing.transport(io, std::mem::take(buffers));
-    let end = conn::dispatch(
-        &mut transport,
-        svc,
-        &shared.conn,
-        &shared.shutdown,
-        shared.error_reply.as_deref(),
-        Count(&shared.counters),
-        F::frame_len,
-    )
-    .await;
-    drop(serving);
-    let (mut io, kept) = transport.into_parts();
-    // The next client of this instance reuses them.
-    *buffers = kept;
-    // After a shutdown the client may take until the drain deadline to read
-    // its last replies; otherwise the linger timeout applies.
-    let linger = Instant::now() + shared.conn.linger;
-    let deadline = match (shared.drain_deadline.get(), &end) {
-        (Some(&drain), End::Shutdown) => drain,
-        (Some(&drain), _) => drain.min(linger),
-        (None, _) => linger,
-    };
-    let closed = conn::close(&mut io, &end, deadline).await;
-    shared.counters.ended(&end);
-    if end.is_clean() {
-        trace!(reason = %end, "client disconnected");
-    } else {
-        debug!(reason = %end, client_closed = closed, "connection closed");
-    }
-    io
 }

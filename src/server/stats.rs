@@ -8,18 +8,20 @@ use super::conn::End;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Connections accepted since the server started.
+    /// Connections accepted since the server started (handed out, for
+    /// [`Incoming`](super::Incoming)).
     pub connections: u64,
     /// Connections open now.
     pub active: u64,
-    /// Replies written.
+    /// Replies written (framed serving only: the pool does not see the
+    /// requests on a [`Connection`](super::Connection)).
     pub requests: u64,
-    /// Instances (socket slots) waiting for a client now.
+    /// Instances (accept slots) waiting for a client now.
     pub listening: u64,
     /// Connections closed because of a malformed or oversized frame.
     pub frames_rejected: u64,
-    /// Connections closed because the service failed (or requests answered
-    /// with an error reply, when configured).
+    /// Connections closed because the service failed or could not be made
+    /// (or requests answered with an error reply, when configured).
     pub service_errors: u64,
     /// Connections whose service (or codec) panicked.
     pub panics: u64,
@@ -106,9 +108,9 @@ impl Counters {
     /// Counts how a connection ended.
     pub(crate) fn ended(&self, end: &End) {
         let counter = match end {
-            End::Eof | End::Shutdown => return,
+            End::Eof | End::Shutdown | End::Returned => return,
             End::Frame(_) | End::Encode(_) => &self.frames_rejected,
-            End::Service(_) => &self.service_errors,
+            End::Service(_) | End::MakeService(_) => &self.service_errors,
             End::IdleTimeout | End::WriteTimeout => &self.timeouts,
             End::Read(_) | End::Write(_) => &self.io_errors,
         };

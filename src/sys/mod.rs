@@ -1,12 +1,27 @@
 //! The platform seam: everything that names a Windows or Unix type.
 //!
-//! Each platform module provides the same items:
+//! This layer is a leaf, as mio's `sys` is: it defines the seam it
+//! implements (the [`Slot`] and [`Listener`] traits, [`ListenOptions`], the
+//! platform limits) and imports nothing from the modules above it; they pass
+//! plain values down and get `io::Result`s back. Each platform module
+//! provides the same items:
 //!
-//! - `full_path` / `portable_path`: name resolution for [`Address`](crate::Address);
-//! - `bind`: creates the server's listening side, returning one `Slot` per
-//!   instance ([`Slot`](crate::server::pool::Slot));
+//! - `full_path` / `portable_path`: name resolution for `Address`;
+//! - `bind`: creates the server's listening side, one [`Slot`] per pipe
+//!   instance (Windows) or accept slot (Unix);
+//! - `pipe_instances`, `MAX_INSTANCES`, `MESSAGE_PIPES`, `MESSAGE_WINDOW`:
+//!   the platform's limits;
 //! - `connect` and `is_busy`: the client's single connection attempt, and
 //!   whether its error is worth retrying.
+//!
+//! Errors of `bind` and of name resolution carry their meaning in the
+//! [`io::ErrorKind`]: `AddrInUse` for a name another server holds,
+//! `InvalidInput` for a bad name or option, anything else for a failure to
+//! create the pipe or socket.
+
+use std::{future::Future, io};
+
+use tokio::io::{AsyncRead, AsyncWrite};
 
 #[cfg(unix)]
 mod unix;
@@ -17,3 +32,81 @@ pub(crate) use self::unix::*;
 mod windows;
 #[cfg(windows)]
 pub(crate) use self::windows::*;
+
+/// Message pipes exist on Windows only, where `MESSAGE_WINDOW` is defined
+/// with the reason for its size; elsewhere message framing is refused at
+/// bind and connect, and this mirrors the Windows value so that the message
+/// framing (and its documented limit) reads the same on every platform.
+#[cfg(not(windows))]
+pub(crate) const MESSAGE_WINDOW: usize = 4096;
+
+/// What the platform knows about the client of a new connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Peer {
+    /// The client's process id, where the system says.
+    pub(crate) pid: Option<u32>,
+}
+
+/// One pipe instance (Windows) or accept slot (Unix): where connections come
+/// from, one at a time.
+pub(crate) trait Slot: Send + 'static {
+    /// A connected client.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Waits for the next client. Cancel safe: a pipe instance stays in its
+    /// slot until a client is in.
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, Peer)>> + Send;
+
+    /// Takes a finished connection back: disconnects the client, readying
+    /// the instance for the next one. The caller has already waited for the
+    /// client's EOF: disconnecting a pipe throws away what the client has
+    /// not read.
+    fn release(&mut self, io: Self::Io) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Replaces the instance after a failure.
+    fn recover(&mut self) -> io::Result<()>;
+}
+
+/// The listening side of a server: its slots, and what stops new clients
+/// from arriving.
+pub(crate) trait Listener: Send + 'static {
+    /// One instance or accept slot.
+    type Slot: Slot;
+
+    /// The slots, one per instance; the second call returns none.
+    fn take_slots(&mut self) -> Vec<Self::Slot>;
+
+    /// A slot with no instance yet (it makes one on its first accept), to
+    /// replace one lost with its task.
+    fn spare(&self) -> Self::Slot;
+
+    /// Stops new clients from finding the server (Unix: removes the socket
+    /// file). Windows instances stop listening as their tasks end.
+    fn stop(&self);
+
+    /// Where it listens, for logs.
+    fn describe(&self) -> String;
+}
+
+/// How to create the listening side: plain values, checked by the caller.
+#[derive(Clone, Debug)]
+// Unix sockets have none of the pipe options.
+#[cfg_attr(unix, allow(dead_code))]
+pub(crate) struct ListenOptions {
+    /// Pipe instances to create (Windows; also `nMaxInstances`), or accept
+    /// slots (Unix). See `pipe_instances`.
+    pub(crate) instances: usize,
+    /// Windows: `PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE` instead of bytes.
+    pub(crate) message_mode: bool,
+    /// Windows: `nInBufferSize`.
+    pub(crate) in_buffer_size: u32,
+    /// Windows: `nOutBufferSize`.
+    pub(crate) out_buffer_size: u32,
+    /// Windows: `PIPE_REJECT_REMOTE_CLIENTS`.
+    pub(crate) reject_remote_clients: bool,
+    /// Windows: `FILE_FLAG_FIRST_PIPE_INSTANCE` on the first instance.
+    pub(crate) first_pipe_instance: bool,
+    /// Windows: the pipe's security descriptor in SDDL; `None` for the
+    /// system default.
+    pub(crate) sddl: Option<String>,
+}

@@ -16,11 +16,7 @@ use std::{
 
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::{
-    client::ConnectOptions,
-    error::{Error, Kind},
-    server::{pool, ListenOptions},
-};
+use super::{ListenOptions, Peer};
 
 /// The longest socket path `sockaddr_un` holds, without the NUL.
 #[cfg(any(
@@ -40,18 +36,26 @@ const MAX_PATH: usize = 103;
 )))]
 const MAX_PATH: usize = 107;
 
-/// Whether the server creates spare pipe instances: clients wait in the listen backlog; no spares.
-pub(crate) const SPARE_INSTANCES: bool = false;
+/// The most connections served at once: accept slots are tasks, not
+/// kernel objects, so the bound is only a sanity check.
+pub(crate) const MAX_INSTANCES: usize = 1 << 16;
 
-/// The most connections served at once.
-pub(crate) const MAX_INSTANCES: usize = crate::server::builder::MAX_SLOTS;
+/// The accept slots for `served` connections at once: one each. Clients
+/// beyond them wait in the listen backlog.
+pub(crate) fn pipe_instances(served: usize) -> usize {
+    served
+}
 
 /// Unix sockets are byte streams: message framing is Windows-only.
 pub(crate) const MESSAGE_PIPES: bool = false;
 
-pub(crate) fn full_path(name: &str) -> Result<Option<PathBuf>, Error> {
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+pub(crate) fn full_path(name: &str) -> io::Result<Option<PathBuf>> {
     if name.starts_with('\\') {
-        return Err(Error::config(format!(
+        return Err(invalid(format!(
             "invalid pipe name {name:?}: a windows pipe path, and this is unix"
         )));
     }
@@ -61,7 +65,7 @@ pub(crate) fn full_path(name: &str) -> Result<Option<PathBuf>, Error> {
     Ok(None)
 }
 
-pub(crate) fn portable_path(name: &str) -> Result<PathBuf, Error> {
+pub(crate) fn portable_path(name: &str) -> io::Result<PathBuf> {
     let dir = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|d| d.is_absolute())
@@ -69,10 +73,10 @@ pub(crate) fn portable_path(name: &str) -> Result<PathBuf, Error> {
     check_len(dir.join(format!("{name}.sock")))
 }
 
-fn check_len(path: PathBuf) -> Result<PathBuf, Error> {
+fn check_len(path: PathBuf) -> io::Result<PathBuf> {
     let len = path.as_os_str().len();
     if len > MAX_PATH {
-        return Err(Error::config(format!(
+        return Err(invalid(format!(
             "socket path {} is {len} bytes, at most {MAX_PATH}",
             path.display()
         )));
@@ -109,26 +113,37 @@ impl Drop for SocketFile {
 
 /// The bound socket and its slots.
 #[derive(Debug)]
-pub(crate) struct Listener {
+pub(crate) struct PipeListener {
     file: Arc<SocketFile>,
-    slots: Vec<Slot>,
+    slots: Vec<PipeSlot>,
 }
 
-impl Listener {
-    pub(crate) fn take_slots(&mut self) -> Vec<Slot> {
+impl super::Listener for PipeListener {
+    type Slot = PipeSlot;
+
+    fn take_slots(&mut self) -> Vec<PipeSlot> {
         std::mem::take(&mut self.slots)
     }
 
-    pub(crate) fn spare(&self) -> Slot {
-        Slot {
+    fn spare(&self) -> PipeSlot {
+        PipeSlot {
             file: self.file.clone(),
         }
     }
 
-    pub(crate) fn stop(&self) {
+    fn stop(&self) {
         // New clients find no socket; connections being served go on.
         self.file.remove();
     }
+
+    fn describe(&self) -> String {
+        self.file.path.display().to_string()
+    }
+}
+
+/// An error about `path`, keeping the kind of the cause.
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
 }
 
 /// Binds the socket and returns one slot per instance.
@@ -137,20 +152,15 @@ impl Listener {
 /// set to mode 0600, and only then linked into place, so no other user can
 /// reach it with looser permissions even for an instant. A socket file left
 /// by a dead server (connecting is refused) is replaced; a live server's
-/// socket and any other file are left alone.
-pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> Result<Listener, Error> {
-    let bind_err = |e: io::Error| {
-        Error::new(Kind::Bind)
-            .context(path.display().to_string())
-            .with(e)
-    };
+/// socket and any other file are left alone (`AddrInUse`).
+pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<PipeListener> {
     remove_if_stale(path)?;
 
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let private = private_dir(parent).map_err(bind_err)?;
+    let private = private_dir(parent).map_err(|e| at(path, e))?;
     let staged = private.join("s");
     let bound = UnixListener::bind(&staged)
         .and_then(|l| fs::set_permissions(&staged, fs::Permissions::from_mode(0o600)).map(|()| l))
@@ -159,9 +169,11 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> Result<Listener, Error>
     let _ = fs::remove_dir(&private);
     let listener = bound.map_err(|e| match e.kind() {
         io::ErrorKind::AlreadyExists => in_use(path),
-        _ => bind_err(e),
+        // Not AddrInUse: nothing listens there, the bind itself failed.
+        io::ErrorKind::AddrInUse => io::Error::other(at(path, e)),
+        _ => at(path, e),
     })?;
-    let md = fs::symlink_metadata(path).map_err(bind_err)?;
+    let md = fs::symlink_metadata(path).map_err(|e| at(path, e))?;
     let file = Arc::new(SocketFile {
         listener,
         path: path.to_owned(),
@@ -169,32 +181,30 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> Result<Listener, Error>
         ino: md.ino(),
     });
     let slots = (0..opts.instances)
-        .map(|_| Slot { file: file.clone() })
+        .map(|_| PipeSlot { file: file.clone() })
         .collect();
-    Ok(Listener { file, slots })
+    Ok(PipeListener { file, slots })
 }
 
-fn in_use(path: &Path) -> Error {
-    Error::new(Kind::AddrInUse)
-        .context(format!("another server is listening on {}", path.display()))
+fn in_use(path: &Path) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("another server is listening on {}", path.display()),
+    )
 }
 
 /// Removes a socket file nobody listens on; refuses a live one or a non-socket.
-fn remove_if_stale(path: &Path) -> Result<(), Error> {
+fn remove_if_stale(path: &Path) -> io::Result<()> {
     let md = match fs::symlink_metadata(path) {
         Ok(md) => md,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => {
-            return Err(Error::new(Kind::Bind)
-                .context(path.display().to_string())
-                .with(e))
-        }
+        Err(e) => return Err(at(path, e)),
     };
     if !md.file_type().is_socket() {
-        return Err(Error::new(Kind::AddrInUse).context(format!(
-            "{} exists and is not a socket; not removing it",
-            path.display()
-        )));
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("{} exists and is not a socket; not removing it", path.display()),
+        ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
         Ok(_) => Err(in_use(path)),
@@ -202,14 +212,10 @@ fn remove_if_stale(path: &Path) -> Result<(), Error> {
             tracing::debug!(path = %path.display(), "removing stale socket file");
             fs::remove_file(path).or_else(|e| match e.kind() {
                 io::ErrorKind::NotFound => Ok(()),
-                _ => Err(Error::new(Kind::Bind)
-                    .context(path.display().to_string())
-                    .with(e)),
+                _ => Err(at(path, e)),
             })
         }
-        Err(e) => Err(Error::new(Kind::Bind)
-            .context(path.display().to_string())
-            .with(e)),
+        Err(e) => Err(at(path, e)),
     }
 }
 
@@ -231,21 +237,15 @@ fn private_dir(parent: &Path) -> io::Result<PathBuf> {
 
 /// One accept slot on the shared listener.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub(crate) struct PipeSlot {
     file: Arc<SocketFile>,
 }
 
-impl pool::Slot for Slot {
+impl super::Slot for PipeSlot {
     type Io = UnixStream;
 
-    async fn accept(&mut self) -> io::Result<(UnixStream, Option<u32>)> {
-        let (stream, _) = self.file.listener.accept().await?;
-        let pid = stream
-            .peer_cred()
-            .ok()
-            .and_then(|cred| cred.pid())
-            .and_then(|pid| u32::try_from(pid).ok());
-        Ok((stream, pid))
+    async fn accept(&mut self) -> io::Result<(UnixStream, Peer)> {
+        accept(&self.file.listener).await
     }
 
     async fn release(&mut self, stream: UnixStream) -> io::Result<()> {
@@ -258,15 +258,25 @@ impl pool::Slot for Slot {
     }
 }
 
+/// Accepts a client of `listener`, with its peer credentials: the one
+/// accept path of bound sockets and of a `UnixListener` brought by the user.
+pub(crate) async fn accept(listener: &UnixListener) -> io::Result<(UnixStream, Peer)> {
+    let (stream, _) = listener.accept().await?;
+    let pid = stream
+        .peer_cred()
+        .ok()
+        .and_then(|cred| cred.pid())
+        .and_then(|pid| u32::try_from(pid).ok());
+    Ok((stream, Peer { pid }))
+}
+
 /// The client's I/O object.
 pub(crate) type ClientIo = UnixStream;
 
-/// One connection attempt.
-pub(crate) async fn connect(path: &Path, opts: &ConnectOptions) -> io::Result<UnixStream> {
-    debug_assert!(
-        !opts.message_mode,
-        "message framing is refused before connecting"
-    );
+/// One connection attempt. Sockets have no message mode: message framing is
+/// refused before this is called.
+pub(crate) async fn connect(path: &Path, message_mode: bool) -> io::Result<UnixStream> {
+    debug_assert!(!message_mode, "message framing is refused before connecting");
     UnixStream::connect(path).await
 }
 
@@ -277,4 +287,52 @@ pub(crate) fn is_busy(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused | io::ErrorKind::WouldBlock
     )
+}
+
+/// Process measurements for tests and benchmarks (the `test-util`
+/// feature), not the library: `/proc` on Linux, nothing elsewhere.
+#[cfg(feature = "test-util")]
+pub(crate) mod measure {
+    use std::time::Duration;
+
+    pub(crate) fn running_under_wine() -> bool {
+        false
+    }
+
+    pub(crate) fn open_handles() -> Option<u64> {
+        if cfg!(target_os = "linux") {
+            std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|d| d.count() as u64)
+        } else {
+            None
+        }
+    }
+
+    pub(crate) fn resident_memory() -> Option<u64> {
+        status_kib("self", "VmRSS:")
+    }
+
+    /// CPU time, resident and peak resident memory of `child`.
+    pub(crate) fn child_usage(child: &std::process::Child) -> Option<(Duration, u64, u64)> {
+        let pid = child.id().to_string();
+        // utime and stime are fields 14 and 15 of /proc/PID/stat, in clock
+        // ticks of USER_HZ (100 on Linux), after the parenthesised name.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: u64 =
+            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        Some((
+            Duration::from_millis(ticks * 10),
+            status_kib(&pid, "VmRSS:")?,
+            status_kib(&pid, "VmHWM:")?,
+        ))
+    }
+
+    /// A `kB` line of `/proc/PID/status`, in bytes.
+    fn status_kib(pid: &str, key: &str) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
 }

@@ -1,6 +1,7 @@
 //! Windows named pipes: a fixed pool of overlapped pipe instances.
 //!
-//! Every `unsafe` block of the crate lives in this file.
+//! Every `unsafe` block of the crate lives in this file: the crate root
+//! denies `unsafe_code`, and only this file allows it.
 //!
 //! Each instance is one tokio `NamedPipeServer` (IOCP-backed overlapped I/O),
 //! reused for client after client as in Microsoft's overlapped server sample:
@@ -9,10 +10,12 @@
 //! in-flight I/O and drops unread data on disconnect, so nothing of one
 //! client reaches the next.
 
+#![allow(unsafe_code)]
+
 use std::{
     io,
     mem::size_of,
-    os::windows::io::{AsRawHandle, BorrowedHandle},
+    os::windows::io::AsRawHandle,
     path::{Path, PathBuf},
     pin::Pin,
     ptr,
@@ -27,50 +30,57 @@ use tokio::{
         ServerOptions,
     },
 };
-use windows_sys::Wdk::System::SystemInformation::NtQuerySystemInformation;
 use windows_sys::Win32::{
     Foundation::{
         LocalFree, ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_BROKEN_PIPE, ERROR_INVALID_NAME,
         ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_NOT_CONNECTED, HANDLE,
     },
     Security::{
-        Authorization::{
-            ConvertSecurityDescriptorToStringSecurityDescriptorW,
-            ConvertStringSecurityDescriptorToSecurityDescriptorW, GetSecurityInfo, SDDL_REVISION_1,
-            SE_KERNEL_OBJECT,
-        },
-        DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES,
+        Authorization::{ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1},
+        PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES,
     },
     Storage::FileSystem::SECURITY_IDENTIFICATION,
-    System::{
-        LibraryLoader::{GetModuleHandleW, GetProcAddress},
-        Pipes::GetNamedPipeClientProcessId,
-        ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS},
-        Threading::{GetCurrentProcess, GetProcessHandleCount, GetProcessTimes},
-    },
+    System::Pipes::GetNamedPipeClientProcessId,
 };
 
-use crate::{
-    client::ConnectOptions,
-    error::{Error, Kind},
-    server::{pool, ListenOptions},
-};
+use super::{ListenOptions, Peer};
 
-/// Whether the server creates spare pipe instances: a closing instance listens again only once the server saw the EOF; spares bridge the gap.
-pub(crate) const SPARE_INSTANCES: bool = true;
-
-/// The most instances of a pipe name (255 means "unlimited" to Windows).
-pub(crate) const MAX_INSTANCES: usize = crate::server::MAX_INSTANCES;
+/// The most instances of a pipe name (`nMaxInstances`; 255 means
+/// "unlimited" to Windows, so 254 is the most that can be counted on).
+pub(crate) const MAX_INSTANCES: usize = 254;
 
 /// Windows pipes carry messages: message framing is available.
 pub(crate) const MESSAGE_PIPES: bool = true;
 
+/// The read window of message framing: tokio's pipes (mio) keep one
+/// overlapped read in flight into their own buffer, 4 KiB for the first read
+/// after a new instance connects (afterwards the size of the caller's last
+/// read, clamped to 4..64 KiB), and swallow `ERROR_MORE_DATA`. Reading
+/// through exactly this window, a read that fills it may be a cut message.
+pub(crate) const MESSAGE_WINDOW: usize = 4096;
+
+/// The pipe instances to create for `served` connections at once: twice as
+/// many, at most [`MAX_INSTANCES`].
+///
+/// An instance whose client has closed is not listening again until the
+/// server has seen the EOF, disconnected and connected anew; meanwhile a
+/// client reconnecting at once, or others churning alongside, would find
+/// every instance busy although a slot is free. The spares listen
+/// meanwhile; the server still serves at most `served` at once.
+pub(crate) fn pipe_instances(served: usize) -> usize {
+    (2 * served).clamp(served, MAX_INSTANCES)
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
 /// The longest pipe path Windows accepts.
 const MAX_PIPE_PATH: usize = 256;
 
-pub(crate) fn full_path(name: &str) -> Result<Option<PathBuf>, Error> {
+pub(crate) fn full_path(name: &str) -> io::Result<Option<PathBuf>> {
     if name.starts_with('/') {
-        return Err(Error::config(format!(
+        return Err(invalid(format!(
             "invalid pipe name {name:?}: a unix socket path, and this is windows"
         )));
     }
@@ -83,21 +93,21 @@ pub(crate) fn full_path(name: &str) -> Result<Option<PathBuf>, Error> {
     let well_formed = matches!((server, pipe, rest), (Some(s), Some(p), Some(r))
         if !s.is_empty() && p.eq_ignore_ascii_case("pipe") && !r.is_empty());
     if !well_formed {
-        return Err(Error::config(format!(
+        return Err(invalid(format!(
             r"invalid pipe path {name:?}: expected \\.\pipe\NAME"
         )));
     }
     check_len(PathBuf::from(name)).map(Some)
 }
 
-pub(crate) fn portable_path(name: &str) -> Result<PathBuf, Error> {
+pub(crate) fn portable_path(name: &str) -> io::Result<PathBuf> {
     check_len(PathBuf::from(format!(r"\\.\pipe\{name}")))
 }
 
-fn check_len(path: PathBuf) -> Result<PathBuf, Error> {
+fn check_len(path: PathBuf) -> io::Result<PathBuf> {
     let len = path.as_os_str().encode_wide_len();
     if len > MAX_PIPE_PATH {
-        return Err(Error::config(format!(
+        return Err(invalid(format!(
             "pipe path {} is {len} characters, at most {MAX_PIPE_PATH}",
             path.display()
         )));
@@ -131,7 +141,7 @@ impl Instances {
         let mut options = ServerOptions::new();
         options
             .first_pipe_instance(first && opts.first_pipe_instance)
-            .max_instances(opts.pipes)
+            .max_instances(opts.instances)
             .pipe_mode(if opts.message_mode {
                 PipeMode::Message
             } else {
@@ -200,100 +210,104 @@ impl Drop for SecurityDescriptor {
 
 /// The created instances and their slots.
 #[derive(Debug)]
-pub(crate) struct Listener {
+pub(crate) struct PipeListener {
     instances: Arc<Instances>,
-    slots: Vec<Slot>,
+    slots: Vec<PipeSlot>,
 }
 
-impl Listener {
-    pub(crate) fn take_slots(&mut self) -> Vec<Slot> {
+impl super::Listener for PipeListener {
+    type Slot = PipeSlot;
+
+    fn take_slots(&mut self) -> Vec<PipeSlot> {
         std::mem::take(&mut self.slots)
     }
 
-    pub(crate) fn spare(&self) -> Slot {
-        Slot {
+    fn spare(&self) -> PipeSlot {
+        PipeSlot {
             pipe: None,
             instances: self.instances.clone(),
         }
     }
 
-    pub(crate) fn stop(&self) {}
+    fn stop(&self) {}
+
+    fn describe(&self) -> String {
+        self.instances.path.display().to_string()
+    }
 }
 
 /// Creates all instances now, so that a taken name or a bad option is an
 /// error of `bind` itself, and returns one slot per instance.
-pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> Result<Listener, Error> {
+pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<PipeListener> {
     let security = match &opts.sddl {
         None => None,
-        Some(sddl) => Some(SecurityDescriptor::from_sddl(sddl).map_err(|e| {
-            Error::new(Kind::Config)
-                .context(format!("invalid security descriptor {sddl:?}"))
-                .with(e)
-        })?),
+        Some(sddl) => Some(
+            SecurityDescriptor::from_sddl(sddl)
+                .map_err(|e| invalid(format!("invalid security descriptor {sddl:?}: {e}")))?,
+        ),
     };
     let instances = Arc::new(Instances {
         path: path.to_owned(),
         opts: opts.clone(),
         security,
     });
-    let slots = (0..opts.pipes)
+    let slots = (0..opts.instances)
         .map(|i| {
             let pipe = instances
                 .create(i == 0)
                 .map_err(|e| bind_error(path, opts, i, e))?;
-            Ok(Slot {
+            Ok(PipeSlot {
                 pipe: Some(pipe),
                 instances: instances.clone(),
             })
         })
-        .collect::<Result<_, Error>>()?;
-    Ok(Listener { instances, slots })
+        .collect::<io::Result<_>>()?;
+    Ok(PipeListener { instances, slots })
 }
 
-fn bind_error(path: &Path, opts: &ListenOptions, index: usize, e: io::Error) -> Error {
+fn bind_error(path: &Path, opts: &ListenOptions, index: usize, e: io::Error) -> io::Error {
     let code = e.raw_os_error().map(|c| c as u32);
+    let path = path.display();
     match code {
-        Some(ERROR_ACCESS_DENIED) if index == 0 && opts.first_pipe_instance => {
-            Error::new(Kind::AddrInUse)
-                .context(format!(
-                    "pipe {} exists already (another server holds the name)",
-                    path.display()
-                ))
-                .with(e)
+        Some(ERROR_ACCESS_DENIED) if index == 0 && opts.first_pipe_instance => io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("pipe {path} exists already (another server holds the name): {e}"),
+        ),
+        Some(ERROR_PIPE_BUSY) => io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("pipe {path} has no free instance (another server holds the name): {e}"),
+        ),
+        Some(ERROR_INVALID_NAME | ERROR_BAD_PATHNAME) => {
+            invalid(format!("invalid pipe path {path}: {e}"))
         }
-        Some(ERROR_PIPE_BUSY) => Error::new(Kind::AddrInUse)
-            .context(format!(
-                "pipe {} has no free instance (another server holds the name)",
-                path.display()
-            ))
-            .with(e),
-        Some(ERROR_INVALID_NAME | ERROR_BAD_PATHNAME) => Error::new(Kind::Config)
-            .context(format!("invalid pipe path {}", path.display()))
-            .with(e),
-        _ => Error::new(Kind::Bind)
-            .context(format!(
-                "creating pipe instance {} of {} of {}",
+        _ => io::Error::new(
+            // Not InvalidInput or AddrInUse, which mean something else here.
+            match e.kind() {
+                io::ErrorKind::InvalidInput | io::ErrorKind::AddrInUse => io::ErrorKind::Other,
+                kind => kind,
+            },
+            format!(
+                "creating pipe instance {} of {} of {path}: {e}",
                 index + 1,
-                opts.pipes,
-                path.display()
-            ))
-            .with(e),
+                opts.instances
+            ),
+        ),
     }
 }
 
 /// One pipe instance.
 #[derive(Debug)]
-pub(crate) struct Slot {
+pub(crate) struct PipeSlot {
     /// `None` while a client is connected (the connection owns it), or after
     /// the instance failed and was dropped.
     pipe: Option<NamedPipeServer>,
     instances: Arc<Instances>,
 }
 
-impl pool::Slot for Slot {
+impl super::Slot for PipeSlot {
     type Io = PeerGone<NamedPipeServer>;
 
-    async fn accept(&mut self) -> io::Result<(Self::Io, Option<u32>)> {
+    async fn accept(&mut self) -> io::Result<(Self::Io, Peer)> {
         if self.pipe.is_none() {
             self.pipe = Some(self.instances.create(false)?);
         }
@@ -308,7 +322,7 @@ impl pool::Slot for Slot {
         }
         let pipe = self.pipe.take().expect("pipe instance present");
         let pid = client_pid(&pipe);
-        Ok((PeerGone(pipe), pid))
+        Ok((PeerGone(pipe), Peer { pid }))
     }
 
     async fn release(&mut self, io: Self::Io) -> io::Result<()> {
@@ -417,11 +431,11 @@ pub(crate) type ClientIo = PeerGone<NamedPipeClient>;
 
 /// One connection attempt, with identification-level security quality of
 /// service: the server may learn who the client is, not act as it.
-pub(crate) async fn connect(path: &Path, opts: &ConnectOptions) -> io::Result<ClientIo> {
+pub(crate) async fn connect(path: &Path, message_mode: bool) -> io::Result<ClientIo> {
     let mut options = PipeClientOptions::new();
     options
         .security_qos_flags(SECURITY_IDENTIFICATION)
-        .pipe_mode(if opts.message_mode {
+        .pipe_mode(if message_mode {
             PipeMode::Message
         } else {
             PipeMode::Byte
@@ -435,158 +449,193 @@ pub(crate) fn is_busy(e: &io::Error) -> bool {
     e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32) || e.kind() == io::ErrorKind::NotFound
 }
 
-/// Whether this process runs under Wine (ntdll exports `wine_get_version`).
-pub(crate) fn running_under_wine() -> bool {
-    let ntdll: Vec<u16> = "ntdll.dll\0".encode_utf16().collect();
-    // Safety: both strings are NUL-terminated and outlive the calls; ntdll is
-    // loaded in every Windows process, and the module handle is only passed
-    // to `GetProcAddress`, never freed.
-    unsafe {
-        let module = GetModuleHandleW(ntdll.as_ptr());
-        !module.is_null() && GetProcAddress(module, c"wine_get_version".as_ptr().cast()).is_some()
-    }
-}
+/// Process measurements for tests and benchmarks (the `test-util`
+/// feature), not the library.
+#[cfg(feature = "test-util")]
+pub(crate) mod measure {
+    use std::{
+        io,
+        mem::size_of,
+        os::windows::io::{AsRawHandle, BorrowedHandle},
+        ptr,
+    };
 
-/// The number of handles this process has open.
-///
-/// `GetProcessHandleCount` where it works; Wine 8 answers 0 there, so then
-/// the handles of this process are counted in the system's handle table
-/// (`NtQuerySystemInformation(SystemHandleInformation)`), which Wine keeps.
-pub(crate) fn process_handle_count() -> Option<u32> {
-    let mut count = 0u32;
-    // Safety: the pseudo handle of the current process needs no closing, and
-    // `count` is a valid place for the result.
-    let ok = unsafe { GetProcessHandleCount(GetCurrentProcess(), &mut count) };
-    if ok != 0 && count > 0 {
-        return Some(count);
-    }
-    count_system_handles()
-}
+    use windows_sys::Wdk::System::SystemInformation::NtQuerySystemInformation;
+    use windows_sys::Win32::{
+        Foundation::{LocalFree, FILETIME, HANDLE},
+        Security::{
+            Authorization::{
+                ConvertSecurityDescriptorToStringSecurityDescriptorW, GetSecurityInfo,
+                SDDL_REVISION_1, SE_KERNEL_OBJECT,
+            },
+            DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR,
+        },
+        System::{
+            LibraryLoader::{GetModuleHandleW, GetProcAddress},
+            ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS},
+            Threading::{GetCurrentProcess, GetProcessHandleCount, GetProcessTimes},
+        },
+    };
 
-fn count_system_handles() -> Option<u32> {
-    const SYSTEM_HANDLE_INFORMATION: i32 = 16;
-    const STATUS_INFO_LENGTH_MISMATCH: i32 = 0xC000_0004_u32 as i32;
-    // SYSTEM_HANDLE_INFORMATION: a u32 count, then (from offset 8) entries of
-    // 24 bytes whose first field is the owner's process id, as a u16.
-    const HEADER: usize = 8;
-    const ENTRY: usize = 24;
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let mut needed = 0u32;
-        // Safety: `buf` is writable for its whole length, which is passed.
-        let status = unsafe {
-            NtQuerySystemInformation(
-                SYSTEM_HANDLE_INFORMATION,
-                buf.as_mut_ptr().cast(),
-                buf.len() as u32,
-                &mut needed,
-            )
-        };
-        match status {
-            0 => break,
-            STATUS_INFO_LENGTH_MISMATCH if buf.len() < 1 << 26 => {
-                let len = (buf.len() * 2).max(needed as usize + (1 << 12));
-                buf.resize(len, 0);
-            }
-            _ => return None,
+    use super::SecurityDescriptor;
+
+    /// Whether this process runs under Wine (ntdll exports `wine_get_version`).
+    pub(crate) fn running_under_wine() -> bool {
+        let ntdll: Vec<u16> = "ntdll.dll\0".encode_utf16().collect();
+        // Safety: both strings are NUL-terminated and outlive the calls; ntdll is
+        // loaded in every Windows process, and the module handle is only passed
+        // to `GetProcAddress`, never freed.
+        unsafe {
+            let module = GetModuleHandleW(ntdll.as_ptr());
+            !module.is_null() && GetProcAddress(module, c"wine_get_version".as_ptr().cast()).is_some()
         }
     }
-    let entries = u32::from_le_bytes(buf[..4].try_into().ok()?) as usize;
-    let me = std::process::id() as u16;
-    let count = (0..entries)
-        .filter_map(|i| buf.get(HEADER + i * ENTRY..HEADER + i * ENTRY + 2))
-        .filter(|pid| u16::from_le_bytes([pid[0], pid[1]]) == me)
-        .count();
-    (count > 0).then_some(count as u32)
-}
 
-/// The DACL of the object behind `handle`, as SDDL.
-pub(crate) fn dacl_sddl(handle: BorrowedHandle<'_>) -> io::Result<String> {
-    let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
-    // Safety: the handle is borrowed, so open for the call; the out pointers
-    // are valid, and on success `sd` is a LocalAlloc'ed descriptor we own.
-    let err = unsafe {
-        GetSecurityInfo(
-            handle.as_raw_handle() as HANDLE,
-            SE_KERNEL_OBJECT,
-            DACL_SECURITY_INFORMATION,
-            ptr::null_mut(),
-            ptr::null_mut(),
-            ptr::null_mut(),
-            ptr::null_mut(),
-            &mut sd,
-        )
-    };
-    if err != 0 {
-        return Err(io::Error::from_raw_os_error(err as i32));
+    /// The number of handles this process has open.
+    ///
+    /// `GetProcessHandleCount` where it works; Wine 8 answers 0 there, so then
+    /// the handles of this process are counted in the system's handle table
+    /// (`NtQuerySystemInformation(SystemHandleInformation)`), which Wine keeps.
+    pub(crate) fn open_handles() -> Option<u64> {
+        process_handle_count().map(u64::from)
     }
-    let sd = SecurityDescriptor(sd);
-    let mut text: *mut u16 = ptr::null_mut();
-    let mut len = 0u32;
-    // Safety: `sd.0` is a valid descriptor; on success `text` is a
-    // LocalAlloc'ed, NUL-terminated string of `len` characters we own.
-    let ok = unsafe {
-        ConvertSecurityDescriptorToStringSecurityDescriptorW(
-            sd.0,
-            SDDL_REVISION_1,
-            DACL_SECURITY_INFORMATION,
-            &mut text,
-            &mut len,
-        )
-    };
-    if ok == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Safety: `text` points to `len` valid UTF-16 units (the count includes
-    // the NUL); it is freed right after copying.
-    let sddl = unsafe {
-        let units = std::slice::from_raw_parts(text, len as usize);
-        let s = String::from_utf16_lossy(units)
-            .trim_end_matches('\0')
-            .to_owned();
-        LocalFree(text.cast());
-        s
-    };
-    Ok(sddl)
-}
 
-/// The working set of this process, in bytes.
-pub(crate) fn working_set() -> Option<u64> {
-    // Safety: PROCESS_MEMORY_COUNTERS is plain data, valid when zeroed.
-    let mut counters: PROCESS_MEMORY_COUNTERS = unsafe { std::mem::zeroed() };
-    counters.cb = size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
-    // Safety: the pseudo handle needs no closing; `counters` is valid and its
-    // size is given.
-    let ok = unsafe { K32GetProcessMemoryInfo(GetCurrentProcess(), &mut counters, counters.cb) };
-    (ok != 0).then_some(counters.WorkingSetSize as u64)
-}
-
-/// CPU time, working set and peak working set of `child`.
-pub(crate) fn child_usage(child: &std::process::Child) -> Option<(std::time::Duration, u64, u64)> {
-    let handle = child.as_raw_handle() as HANDLE;
-    let zero = windows_sys::Win32::Foundation::FILETIME {
-        dwLowDateTime: 0,
-        dwHighDateTime: 0,
-    };
-    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
-    // Safety: the handle belongs to `child`, borrowed for the call; the four
-    // out pointers are valid.
-    let ok = unsafe { GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) };
-    if ok == 0 {
-        return None;
+    fn process_handle_count() -> Option<u32> {
+        let mut count = 0u32;
+        // Safety: the pseudo handle of the current process needs no closing, and
+        // `count` is a valid place for the result.
+        let ok = unsafe { GetProcessHandleCount(GetCurrentProcess(), &mut count) };
+        if ok != 0 && count > 0 {
+            return Some(count);
+        }
+        count_system_handles()
     }
-    let hundred_ns = |t: windows_sys::Win32::Foundation::FILETIME| {
-        (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime)
-    };
-    let cpu = std::time::Duration::from_nanos((hundred_ns(kernel) + hundred_ns(user)) * 100);
-    // Safety: PROCESS_MEMORY_COUNTERS is plain data, valid when zeroed.
-    let mut counters: PROCESS_MEMORY_COUNTERS = unsafe { std::mem::zeroed() };
-    counters.cb = size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
-    // Safety: as above, with `counters` valid and its size given.
-    let ok = unsafe { K32GetProcessMemoryInfo(handle, &mut counters, counters.cb) };
-    (ok != 0).then_some((
-        cpu,
-        counters.WorkingSetSize as u64,
-        counters.PeakWorkingSetSize as u64,
-    ))
+
+    fn count_system_handles() -> Option<u32> {
+        const SYSTEM_HANDLE_INFORMATION: i32 = 16;
+        const STATUS_INFO_LENGTH_MISMATCH: i32 = 0xC000_0004_u32 as i32;
+        // SYSTEM_HANDLE_INFORMATION: a u32 count, then (from offset 8) entries of
+        // 24 bytes whose first field is the owner's process id, as a u16.
+        const HEADER: usize = 8;
+        const ENTRY: usize = 24;
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let mut needed = 0u32;
+            // Safety: `buf` is writable for its whole length, which is passed.
+            let status = unsafe {
+                NtQuerySystemInformation(
+                    SYSTEM_HANDLE_INFORMATION,
+                    buf.as_mut_ptr().cast(),
+                    buf.len() as u32,
+                    &mut needed,
+                )
+            };
+            match status {
+                0 => break,
+                STATUS_INFO_LENGTH_MISMATCH if buf.len() < 1 << 26 => {
+                    let len = (buf.len() * 2).max(needed as usize + (1 << 12));
+                    buf.resize(len, 0);
+                }
+                _ => return None,
+            }
+        }
+        let entries = u32::from_le_bytes(buf[..4].try_into().ok()?) as usize;
+        let me = std::process::id() as u16;
+        let count = (0..entries)
+            .filter_map(|i| buf.get(HEADER + i * ENTRY..HEADER + i * ENTRY + 2))
+            .filter(|pid| u16::from_le_bytes([pid[0], pid[1]]) == me)
+            .count();
+        (count > 0).then_some(count as u32)
+    }
+
+    /// The DACL of the object behind `handle`, as SDDL.
+    pub(crate) fn dacl_sddl(handle: BorrowedHandle<'_>) -> io::Result<String> {
+        let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
+        // Safety: the handle is borrowed, so open for the call; the out pointers
+        // are valid, and on success `sd` is a LocalAlloc'ed descriptor we own.
+        let err = unsafe {
+            GetSecurityInfo(
+                handle.as_raw_handle() as HANDLE,
+                SE_KERNEL_OBJECT,
+                DACL_SECURITY_INFORMATION,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                &mut sd,
+            )
+        };
+        if err != 0 {
+            return Err(io::Error::from_raw_os_error(err as i32));
+        }
+        let sd = SecurityDescriptor(sd);
+        let mut text: *mut u16 = ptr::null_mut();
+        let mut len = 0u32;
+        // Safety: `sd.0` is a valid descriptor; on success `text` is a
+        // LocalAlloc'ed, NUL-terminated string of `len` characters we own.
+        let ok = unsafe {
+            ConvertSecurityDescriptorToStringSecurityDescriptorW(
+                sd.0,
+                SDDL_REVISION_1,
+                DACL_SECURITY_INFORMATION,
+                &mut text,
+                &mut len,
+            )
+        };
+        if ok == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Safety: `text` points to `len` valid UTF-16 units (the count includes
+        // the NUL); it is freed right after copying.
+        let sddl = unsafe {
+            let units = std::slice::from_raw_parts(text, len as usize);
+            let s = String::from_utf16_lossy(units)
+                .trim_end_matches('\0')
+                .to_owned();
+            LocalFree(text.cast());
+            s
+        };
+        Ok(sddl)
+    }
+
+    /// The working set of this process, in bytes.
+    pub(crate) fn resident_memory() -> Option<u64> {
+        // Safety: PROCESS_MEMORY_COUNTERS is plain data, valid when zeroed.
+        let mut counters: PROCESS_MEMORY_COUNTERS = unsafe { std::mem::zeroed() };
+        counters.cb = size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
+        // Safety: the pseudo handle needs no closing; `counters` is valid and its
+        // size is given.
+        let ok = unsafe { K32GetProcessMemoryInfo(GetCurrentProcess(), &mut counters, counters.cb) };
+        (ok != 0).then_some(counters.WorkingSetSize as u64)
+    }
+
+    /// CPU time, working set and peak working set of `child`.
+    pub(crate) fn child_usage(child: &std::process::Child) -> Option<(std::time::Duration, u64, u64)> {
+        let handle = child.as_raw_handle() as HANDLE;
+        let zero = FILETIME {
+            dwLowDateTime: 0,
+            dwHighDateTime: 0,
+        };
+        let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+        // Safety: the handle belongs to `child`, borrowed for the call; the four
+        // out pointers are valid.
+        let ok = unsafe { GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) };
+        if ok == 0 {
+            return None;
+        }
+        let hundred_ns = |t: FILETIME| {
+            (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime)
+        };
+        let cpu = std::time::Duration::from_nanos((hundred_ns(kernel) + hundred_ns(user)) * 100);
+        // Safety: PROCESS_MEMORY_COUNTERS is plain data, valid when zeroed.
+        let mut counters: PROCESS_MEMORY_COUNTERS = unsafe { std::mem::zeroed() };
+        counters.cb = size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
+        // Safety: as above, with `counters` valid and its size given.
+        let ok = unsafe { K32GetProcessMemoryInfo(handle, &mut counters, counters.cb) };
+        (ok != 0).then_some((
+            cpu,
+            counters.WorkingSetSize as u64,
+            counters.PeakWorkingSetSize as u64,
+        ))
+    }
 }

@@ -10,7 +10,11 @@ use std::{
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
-use pipeserve::{server::Builder, Summary};
+use pipeserve::{
+    codec::BuiltinFraming,
+    server::{Builder, ErrorReply, FrameService},
+    Summary,
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite},
     sync::oneshot,
@@ -78,17 +82,16 @@ pub fn start_echo(tag: &str, builder: Builder) -> Running {
 }
 
 /// Starts a server with any service on a fresh name.
-pub fn start<S>(tag: &str, builder: Builder, svc: S) -> Running
+pub fn start<E, S>(tag: &str, builder: Builder<BuiltinFraming, E>, svc: S) -> Running
 where
-    S: tower::Service<Bytes, Response = Bytes> + Clone + Send + 'static,
-    S::Future: Send,
-    S::Error: Into<pipeserve::BoxError> + Send,
+    E: Into<Option<ErrorReply<Bytes>>>,
+    S: FrameService<Bytes, Bytes> + Clone,
 {
     let name = unique_name(tag);
     let server = builder.bind(&name).expect("bind");
     let handle = server.handle();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve_with_shutdown(svc, async {
+    let task = tokio::spawn(server.serve(svc).with_graceful_shutdown(async {
         let _ = stopped.await;
     }));
     Running::new(name, handle, stop, task)

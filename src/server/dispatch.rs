@@ -1,0 +1,541 @@
+//! The connection loop: read frames, call the service, write the replies in
+//! request order.
+//!
+//! This is the state machine of Microsoft's overlapped server sample (read
+//! -> reply -> write) generalised to pipelining, in the shape of hyper's
+//! dispatcher: one struct holds the connection's state, and [`poll`] calls
+//! small steps until none makes progress: [`poll_read`] reads up to
+//! `pipeline_depth` requests ahead, [`poll_call`] calls the service for them
+//! one at a time (or concurrently when configured) after `poll_ready` each
+//! time, [`poll_write`] encodes the replies that are ready, in order; then
+//! [`poll_flush`] writes them in one go and [`poll_timers`] checks the idle
+//! and write timeouts.
+//!
+//! It runs over any transport of frames and never names a platform type.
+//!
+//! [`poll`]: Dispatcher::poll
+//! [`poll_read`]: Dispatcher::poll_read
+//! [`poll_call`]: Dispatcher::poll_call
+//! [`poll_write`]: Dispatcher::poll_write
+//! [`poll_flush`]: Dispatcher::poll_flush
+//! [`poll_timers`]: Dispatcher::poll_timers
+
+use std::{
+    collections::VecDeque,
+    future::Future,
+    io,
+    pin::Pin,
+    task::{ready, Context, Poll},
+    time::Duration,
+};
+
+use futures_util::{stream::FuturesOrdered, Sink, Stream, StreamExt};
+use tokio::time::{sleep_until, Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+use tower_service::Service;
+
+use super::{
+    conn::{ConnConfig, End},
+    ErrorReply,
+};
+use crate::error::BoxError;
+
+/// Requests read ahead hold at most about this many bytes (at least one
+/// request is always read), so that large frames are not queued by the dozen.
+const READ_AHEAD_BYTES: usize = 64 * 1024;
+
+/// What the dispatcher reports back as it goes.
+pub(crate) trait Observer {
+    /// A reply was encoded.
+    fn answered(&mut self);
+    /// A service error became a reply.
+    fn error_replied(&mut self, error: &BoxError);
+}
+
+/// Serves one connection until it ends, and returns why.
+pub(crate) async fn dispatch<T, S, Req>(
+    transport: &mut T,
+    svc: S,
+    cfg: &ConnConfig,
+    shutdown: &CancellationToken,
+    error_reply: Option<&ErrorReply<S::Response>>,
+    observer: impl Observer,
+    weigh: fn(&Req) -> usize,
+) -> End
+where
+    T: Stream<Item = io::Result<Req>> + Sink<S::Response, Error = io::Error> + Unpin,
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+{
+    let depth = cfg.pipeline_depth.max(1);
+    let now = Instant::now();
+    let mut d = Dispatcher {
+        transport,
+        svc,
+        queue: VecDeque::with_capacity(depth),
+        queued_bytes: 0,
+        in_flight: FuturesOrdered::new(),
+        reading: true,
+        end: None,
+        unflushed: false,
+        write_blocked: false,
+        depth,
+        concurrency: if cfg.concurrent { depth } else { 1 },
+        shutdown: ShutdownSignal::new(shutdown),
+        idle: cfg.idle_timeout.map(|t| Deadline::new(t, now)),
+        last_activity: now,
+        write: cfg.write_timeout.map(|t| Deadline::new(t, now)),
+        blocked_since: None,
+        error_reply,
+        observer,
+        weigh,
+    };
+    std::future::poll_fn(|cx| d.poll(cx)).await
+}
+
+struct Dispatcher<'a, T, S: Service<Req>, Req, O> {
+    transport: &'a mut T,
+    svc: S,
+    /// Requests read, waiting for the service.
+    queue: VecDeque<Req>,
+    /// The bytes of the requests in `queue`.
+    queued_bytes: usize,
+    /// Calls in progress, in request order.
+    in_flight: FuturesOrdered<S::Future>,
+    /// Whether more frames are read.
+    reading: bool,
+    /// Why reading stopped, or the failure that ends the connection.
+    end: Option<End>,
+    /// Whether replies were encoded but not flushed.
+    unflushed: bool,
+    /// Whether writing could not go on at this poll (the client does not
+    /// read).
+    write_blocked: bool,
+    depth: usize,
+    concurrency: usize,
+    shutdown: ShutdownSignal<'a>,
+    /// The idle timeout, measured from `last_activity`.
+    idle: Option<Deadline>,
+    /// When the last request was read or reply encoded.
+    last_activity: Instant,
+    /// The write timeout, measured from `blocked_since`.
+    write: Option<Deadline>,
+    /// Since when writing has been blocked, while it is.
+    blocked_since: Option<Instant>,
+    error_reply: Option<&'a ErrorReply<S::Response>>,
+    observer: O,
+    /// The bytes a request holds (0 when the framing cannot tell).
+    weigh: fn(&Req) -> usize,
+}
+
+impl<T, S, Req, O> Dispatcher<'_, T, S, Req, O>
+where
+    T: Stream<Item = io::Result<Req>> + Sink<S::Response, Error = io::Error> + Unpin,
+    S: Service<Req>,
+    S::Error: Into<BoxError>,
+    O: Observer,
+{
+    /// Runs the steps until none makes progress, then flushes and checks the
+    /// timers.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        self.write_blocked = false;
+        let mut active = false;
+        loop {
+            let read = self.poll_read(cx);
+            let called = self.poll_call(cx);
+            let written = match self.poll_write(cx) {
+                Ok(written) => written,
+                Err(end) => return Poll::Ready(end),
+            };
+            active |= read || written;
+            if !(read || called || written) {
+                break;
+            }
+        }
+        if let Err(end) = self.poll_flush(cx) {
+            return Poll::Ready(end);
+        }
+        if self.is_idle() && !self.reading {
+            return Poll::Ready(self.end.take().unwrap_or(End::Eof));
+        }
+        if active && self.idle.is_some() {
+            self.last_activity = Instant::now();
+        }
+        self.poll_timers(cx)
+    }
+
+    /// Reads requests while there is room for another: fewer than `depth`
+    /// unanswered, and under the byte budget (or none queued). Returns
+    /// whether one was read.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut read = false;
+        while self.reading
+            && self.queue.len() + self.in_flight.len() < self.depth
+            && (self.queue.is_empty() || self.queued_bytes < READ_AHEAD_BYTES)
+        {
+            if self.shutdown.is_requested(cx) {
+                self.stop(End::Shutdown);
+                break;
+            }
+            match Pin::new(&mut *self.transport).poll_next(cx) {
+                Poll::Ready(Some(Ok(req))) => {
+                    self.queued_bytes += (self.weigh)(&req);
+                    self.queue.push_back(req);
+                    read = true;
+                }
+                Poll::Ready(Some(Err(e))) => self.stop(classify_read_error(e)),
+                Poll::Ready(None) => self.stop(End::Eof),
+                Poll::Pending => break,
+            }
+        }
+        read
+    }
+
+    /// Calls the service for queued requests, after `poll_ready` each time.
+    /// Returns whether a call started.
+    fn poll_call(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut called = false;
+        while !self.queue.is_empty() && self.in_flight.len() < self.concurrency {
+            match self.svc.poll_ready(cx) {
+                Poll::Ready(Ok(())) => {
+                    let req = self.queue.pop_front().expect("queue is not empty");
+                    self.queued_bytes -= (self.weigh)(&req);
+                    self.in_flight.push_back(self.svc.call(req));
+                    called = true;
+                }
+                Poll::Ready(Err(e)) => {
+                    self.fail(End::Service(e.into()));
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        called
+    }
+
+    /// Encodes the replies that are ready, in request order. Returns whether
+    /// one was encoded, or the write error that ends the connection.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        let mut written = false;
+        while !self.in_flight.is_empty() {
+            match Pin::new(&mut *self.transport).poll_ready(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(End::Write(e)),
+                Poll::Pending => {
+                    self.write_blocked = true;
+                    break;
+                }
+            }
+            match self.in_flight.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(reply))) => written |= self.send(reply),
+                Poll::Ready(Some(Err(e))) => match self.error_reply {
+                    Some(to_reply) => {
+                        let e = e.into();
+                        self.observer.error_replied(&e);
+                        let reply = to_reply.reply(e);
+                        written |= self.send(reply);
+                    }
+                    None => self.fail(End::Service(e.into())),
+                },
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        Ok(written)
+    }
+
+    /// Flushes once nothing more is ready: replies ready together go out in
+    /// one write.
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Result<(), End> {
+        if self.unflushed {
+            match Pin::new(&mut *self.transport).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.unflushed = false;
+                    self.write_blocked = false;
+                }
+                Poll::Ready(Err(e)) => return Err(End::Write(e)),
+                Poll::Pending => self.write_blocked = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// The write timeout while writing is blocked; the idle timeout while
+    /// the connection is idle.
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        if let Some(write) = &mut self.write {
+            if self.write_blocked {
+                let since = *self.blocked_since.get_or_insert_with(Instant::now);
+                if write.poll_elapsed(cx, since).is_ready() {
+                    return Poll::Ready(End::WriteTimeout);
+                }
+            } else {
+                self.blocked_since = None;
+            }
+        }
+        if self.is_idle() {
+            if let Some(idle) = &mut self.idle {
+                if idle.poll_elapsed(cx, self.last_activity).is_ready() {
+                    return Poll::Ready(End::IdleTimeout);
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Nothing read and unanswered, nothing unwritten.
+    fn is_idle(&self) -> bool {
+        self.queue.is_empty() && self.in_flight.is_empty() && !self.unflushed
+    }
+
+    /// Encodes one reply; an encoding error ends the connection.
+    fn send(&mut self, reply: S::Response) -> bool {
+        match Pin::new(&mut *self.transport).start_send(reply) {
+            Ok(()) => {
+                self.unflushed = true;
+                self.observer.answered();
+                true
+            }
+            Err(e) => {
+                self.fail(End::Encode(e));
+                false
+            }
+        }
+    }
+
+    /// Stops reading; what was read is still answered.
+    fn stop(&mut self, end: End) {
+        self.reading = false;
+        if self.end.is_none() {
+            self.end = Some(end);
+        }
+    }
+
+    /// Ends the connection after what is already encoded: no reply after a
+    /// failed one, so the client never gets replies out of order.
+    fn fail(&mut self, end: End) {
+        self.reading = false;
+        self.queue.clear();
+        self.queued_bytes = 0;
+        self.in_flight = FuturesOrdered::new();
+        if matches!(self.end, None | Some(End::Eof | End::Shutdown)) {
+            self.end = Some(end);
+        }
+    }
+}
+
+fn classify_read_error(e: io::Error) -> End {
+    match e.kind() {
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => End::Frame(e),
+        _ => End::Read(e),
+    }
+}
+
+/// A timeout measured from a moment that only moves forward (the last
+/// activity, the start of a blocked write).
+///
+/// Its `Sleep` is not re-armed when the moment moves (re-arming takes the
+/// timer wheel's lock, and the moment moves with every request): when it
+/// fires, it compares its deadline with the real one and re-arms only if it
+/// fired early. It never fires late, because the real deadline only moves
+/// later.
+struct Deadline {
+    timeout: Duration,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl Deadline {
+    fn new(timeout: Duration, start: Instant) -> Self {
+        Deadline {
+            timeout,
+            sleep: Box::pin(sleep_until(start + timeout)),
+        }
+    }
+
+    /// Ready once `timeout` has passed since `since`.
+    fn poll_elapsed(&mut self, cx: &mut Context<'_>, since: Instant) -> Poll<()> {
+        let due = since + self.timeout;
+        loop {
+            ready!(self.sleep.as_mut().poll(cx));
+            if self.sleep.deadline() >= due {
+                return Poll::Ready(());
+            }
+            self.sleep.as_mut().reset(due);
+        }
+    }
+}
+
+/// The server's shutdown, as a connection checks it on every read.
+struct ShutdownSignal<'a> {
+    token: &'a CancellationToken,
+    wait: Pin<Box<WaitForCancellationFuture<'a>>>,
+    /// Whether `wait` was polled: its waker is then registered for this
+    /// task, and the token's flag is enough after that (polling again would
+    /// lock the token's waiter list, shared by every connection).
+    armed: bool,
+}
+
+impl<'a> ShutdownSignal<'a> {
+    fn new(token: &'a CancellationToken) -> Self {
+        ShutdownSignal {
+            token,
+            wait: Box::pin(token.cancelled()),
+            armed: false,
+        }
+    }
+
+    fn is_requested(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.token.is_cancelled() {
+            return true;
+        }
+        if !self.armed {
+            self.armed = true;
+            return self.wait.as_mut().poll(cx).is_ready();
+        }
+        false
+    }
+}
+
+/// The connection loop fed arbitrary bytes: it always ends, and it answers
+/// exactly the frames a reference parser finds before the first bad one.
+#[cfg(test)]
+mod fuzz {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::{
+        codec::{BuiltinFraming, Framing, MakeTransport, Transport},
+        server::conn::close,
+    };
+
+    struct Ignore;
+
+    impl Observer for Ignore {
+        fn answered(&mut self) {}
+        fn error_replied(&mut self, _: &BoxError) {}
+    }
+
+    /// Serves `input` (then EOF) with an echo service; returns what the
+    /// server wrote.
+    fn serve(framing: Framing, max: usize, depth: usize, input: Vec<u8>, split: usize) -> Vec<u8> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (client, server) = tokio::io::duplex(1024);
+            let cfg = ConnConfig {
+                pipeline_depth: depth,
+                concurrent: depth > 1,
+                linger: Duration::from_millis(10),
+                idle_timeout: Some(Duration::from_secs(5)),
+                write_timeout: Some(Duration::from_secs(5)),
+            };
+            let serving = tokio::spawn(async move {
+                let mut transport =
+                    BuiltinFraming::new(framing, max).transport(server, Default::default());
+                let echo = tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) });
+                let token = CancellationToken::new();
+                let end =
+                    dispatch(&mut transport, echo, &cfg, &token, None, Ignore, Bytes::len).await;
+                let (mut io, _) = transport.into_parts();
+                close(&mut io, &end, Instant::now() + cfg.linger).await;
+            });
+            let (mut rd, mut wr) = tokio::io::split(client);
+            let writer = async move {
+                for chunk in input.chunks(split.max(1)) {
+                    if wr.write_all(chunk).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = wr.shutdown().await;
+            };
+            let mut out = Vec::new();
+            let reader = rd.read_to_end(&mut out);
+            let (_, _) = tokio::join!(writer, reader);
+            tokio::time::timeout(Duration::from_secs(10), serving)
+                .await
+                .expect("the connection ended")
+                .unwrap();
+            out
+        })
+    }
+
+    /// The length-delimited frames of `input` before the first one over
+    /// `max` or cut by the end.
+    fn reference_len(input: &[u8], max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = input;
+        while rest.len() >= 4 {
+            let n = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+            if n > max || rest.len() < 4 + n {
+                break;
+            }
+            out.extend_from_slice(&rest[..4 + n]);
+            rest = &rest[4 + n..];
+        }
+        out
+    }
+
+    /// The lines of `input` before the first one over `max`, each echoed
+    /// with `\n` (a trailing `\r` dropped); a last line without `\n` too.
+    fn reference_lines(input: &[u8], max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut rest = input;
+        loop {
+            let (line, more) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+                None => (rest, None),
+            };
+            if line.len() > max || (more.is_none() && line.is_empty()) {
+                break;
+            }
+            out.extend_from_slice(line.strip_suffix(b"\r").unwrap_or(line));
+            out.push(b'\n');
+            match more {
+                Some(more) => rest = more,
+                None => break,
+            }
+        }
+        out
+    }
+
+    fn wire() -> impl Strategy<Value = Vec<u8>> {
+        let frame = (0u32..150, any::<u8>()).prop_map(|(len, b)| {
+            let mut f = len.to_be_bytes().to_vec();
+            f.extend(std::iter::repeat_n(b, len as usize));
+            f
+        });
+        let garbage = prop::collection::vec(any::<u8>(), 0..40);
+        let line = prop::collection::vec(prop_oneof![Just(b'a'), Just(b'\r'), Just(b'z')], 0..120)
+            .prop_map(|mut l| {
+                l.push(b'\n');
+                l
+            });
+        prop::collection::vec(prop_oneof![4 => frame, 1 => garbage, 3 => line], 0..16)
+            .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn length_delimited_connection_answers_exactly_the_valid_prefix(
+            input in wire(), max in 0usize..128, depth in 1usize..5, split in 1usize..64,
+        ) {
+            let out = serve(Framing::LengthDelimited, max, depth, input.clone(), split);
+            prop_assert_eq!(out, reference_len(&input, max));
+        }
+
+        #[test]
+        fn line_connection_answers_exactly_the_valid_prefix(
+            input in wire(), max in 0usize..128, depth in 1usize..5, split in 1usize..64,
+        ) {
+            let out = serve(Framing::Lines, max, depth, input.clone(), split);
+            prop_assert_eq!(out, reference_lines(&input, max));
+        }
+    }
+}
