@@ -20,21 +20,36 @@ use bytes::Bytes;
 use pipeserve::{Client, ConnectionInfo, Server};
 use tower::service_fn;
 
+const USAGE: &str = "usage: demo [[--name] NAME]";
+
+/// The name to serve on; `--help` prints the usage and exits 0.
+fn parse_args() -> Result<String, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut name = String::from("pipeserve-demo");
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("name") => name = parser.value()?.string()?,
+            Value(value) => name = value.string()?,
+            Short('h') | Long("help") => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(name)
+}
+
 const CLIENTS: usize = 8;
 const REQUESTS: usize = 3;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let mut name = String::from("pipeserve-demo");
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--name" => name = args.next().ok_or("--name needs a value")?,
-            other => {
-                return Err(format!("unknown argument {other:?}; usage: demo [--name NAME]").into())
-            }
-        }
-    }
+    let name = parse_args().unwrap_or_else(|e| {
+        eprintln!("demo: {e}\n{USAGE}");
+        std::process::exit(2);
+    });
 
     let server = Server::builder().instances(4).bind(&name)?;
     println!(

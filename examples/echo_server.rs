@@ -1,7 +1,7 @@
 //! An echo server: every frame comes back as it came.
 //!
 //! ```text
-//! cargo run --example echo_server -- --name NAME --instances N --framing len|message|line
+//! cargo run --example echo_server -- [--name] NAME [--instances N] [--framing len|message|line]
 //!                                    [--max-frame BYTES] [--delay-ms MS]
 //! ```
 //!
@@ -10,7 +10,8 @@
 //! serves until Ctrl-C (SIGINT), shuts down gracefully (requests already read
 //! are answered) and exits 0. With `--delay-ms`, the service sleeps that long
 //! before each reply. Logs go to stderr; set `RUST_LOG=pipeserve=debug` to
-//! see why connections close.
+//! see why connections close. An unknown flag prints the usage to stderr and
+//! exits 2; `--help` prints it to stdout and exits 0.
 
 use std::{convert::Infallible, io::Write, time::Duration};
 
@@ -25,9 +26,11 @@ struct Args {
     delay: Option<Duration>,
 }
 
-const USAGE: &str = "usage: echo_server --name NAME --instances N --framing len|message|line [--max-frame BYTES] [--delay-ms MS]";
+const USAGE: &str = "usage: echo_server [--name] NAME [--instances N] [--framing len|message|line] [--max-frame BYTES] [--delay-ms MS]";
 
-fn parse_args() -> Result<Args, String> {
+/// The arguments; `--help` prints the usage and exits 0.
+fn parse_args() -> Result<Args, lexopt::Error> {
+    use lexopt::prelude::*;
     let mut args = Args {
         name: "pipeserve-echo".into(),
         instances: 4,
@@ -35,27 +38,24 @@ fn parse_args() -> Result<Args, String> {
         max_frame: None,
         delay: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value\n{USAGE}"));
-        match flag.as_str() {
-            "--name" => args.name = value()?,
-            "--instances" => {
-                args.instances = value()?.parse().map_err(|e| format!("--instances: {e}"))?
+    let mut parser = lexopt::Parser::from_env();
+    let mut named = false;
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("name") => args.name = parser.value()?.string()?,
+            Value(name) if !named => {
+                args.name = name.string()?;
+                named = true;
             }
-            "--framing" => {
-                args.framing = value()?.parse().map_err(|e| format!("--framing: {e}"))?
+            Long("instances") => args.instances = parser.value()?.parse()?,
+            Long("framing") => args.framing = parser.value()?.parse()?,
+            Long("max-frame") => args.max_frame = Some(parser.value()?.parse()?),
+            Long("delay-ms") => args.delay = Some(Duration::from_millis(parser.value()?.parse()?)),
+            Short('h') | Long("help") => {
+                println!("{USAGE}");
+                std::process::exit(0);
             }
-            "--max-frame" => {
-                args.max_frame = Some(value()?.parse().map_err(|e| format!("--max-frame: {e}"))?)
-            }
-            "--delay-ms" => {
-                args.delay = Some(Duration::from_millis(
-                    value()?.parse().map_err(|e| format!("--delay-ms: {e}"))?,
-                ))
-            }
-            "-h" | "--help" => return Err(USAGE.into()),
-            other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            _ => return Err(arg.unexpected()),
         }
     }
     Ok(args)
@@ -72,7 +72,7 @@ async fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("{e}");
+        eprintln!("echo_server: {e}\n{USAGE}");
         std::process::exit(2);
     });
 

@@ -2,9 +2,9 @@
 //! `socat`; this is it.
 //!
 //! ```text
-//! cargo run --example pipecat -- [OPTIONS] NAME [FRAME...]
+//! cargo run --example pipecat -- [OPTIONS] [--name] NAME [--] [FRAME...]
 //!
-//!   NAME                  a portable name (myapp), a pipe path (\\.\pipe\x),
+//!   [--name] NAME         a portable name (myapp), a pipe path (\\.\pipe\x),
 //!                         a socket path (/run/x.sock), or tcp:HOST:PORT
 //!   FRAME...              frames to send; without any, each line of stdin
 //!                         is a frame
@@ -14,7 +14,9 @@
 //!   --hex                 print replies as hex instead of text
 //! ```
 //!
-//! Prints each reply on its own line, in order; exits 1 on the first error.
+//! Prints each reply on its own line, in order; exits 1 on the first error,
+//! 2 (with the usage) for an unknown flag or a missing name; `--help` prints
+//! the usage to stdout. Frames that start with `-` go after `--`.
 
 use std::time::Duration;
 
@@ -22,11 +24,10 @@ use bytes::Bytes;
 use pipeserve::{codec::Framing, BoxError, Client};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const USAGE: &str =
-    "usage: pipecat [--framing len|message|line] [--max-frame BYTES] [--timeout-ms MS] [--hex] NAME [FRAME...]";
+const USAGE: &str = "usage: pipecat [--framing len|message|line] [--max-frame BYTES] [--timeout-ms MS] [--hex] [--name] NAME [--] [FRAME...]";
 
 struct Args {
-    name: String,
+    name: Option<String>,
     framing: Framing,
     max_frame: Option<usize>,
     timeout: Duration,
@@ -34,55 +35,63 @@ struct Args {
     frames: Vec<String>,
 }
 
-fn parse() -> Result<Args, BoxError> {
+/// The arguments; `--help` prints the usage and exits 0. The name comes
+/// with `--name` or as the first value; frames that start with `-` go after
+/// `--`.
+fn parse() -> Result<Args, lexopt::Error> {
+    use lexopt::prelude::*;
     let mut args = Args {
-        name: String::new(),
+        name: None,
         framing: Framing::LengthDelimited,
         max_frame: None,
         timeout: Duration::from_secs(10),
         hex: false,
         frames: Vec::new(),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || {
-            it.next()
-                .ok_or_else(|| format!("{arg} needs a value\n{USAGE}"))
-        };
-        match arg.as_str() {
-            "--framing" => args.framing = value()?.parse()?,
-            "--max-frame" => args.max_frame = Some(value()?.parse()?),
-            "--timeout-ms" => args.timeout = Duration::from_millis(value()?.parse()?),
-            "--hex" => args.hex = true,
-            "-h" | "--help" => return Err(USAGE.into()),
-            "--" => args.frames.extend(it.by_ref()),
-            _ if args.name.is_empty() => args.name = arg,
-            _ => args.frames.push(arg),
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("name") => args.name = Some(parser.value()?.string()?),
+            Long("framing") => args.framing = parser.value()?.parse()?,
+            Long("max-frame") => args.max_frame = Some(parser.value()?.parse()?),
+            Long("timeout-ms") => args.timeout = Duration::from_millis(parser.value()?.parse()?),
+            Long("hex") => args.hex = true,
+            Short('h') | Long("help") => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            Value(value) if args.name.is_none() => args.name = Some(value.string()?),
+            Value(frame) => args.frames.push(frame.string()?),
+            _ => return Err(arg.unexpected()),
         }
     }
-    if args.name.is_empty() {
-        return Err(USAGE.into());
+    if args.name.is_none() {
+        return Err("missing NAME".into());
     }
     Ok(args)
 }
 
 #[tokio::main]
 async fn main() {
-    if let Err(e) = run().await {
+    let args = parse().unwrap_or_else(|e| {
+        eprintln!("pipecat: {e}\n{USAGE}");
+        std::process::exit(2);
+    });
+    if let Err(e) = run(args).await {
         eprintln!("pipecat: {e}");
         std::process::exit(1);
     }
 }
 
-async fn run() -> Result<(), BoxError> {
-    let args = parse()?;
+async fn run(args: Args) -> Result<(), BoxError> {
+    let name = args.name.clone().expect("checked by parse");
     let mut builder = Client::builder().framing(args.framing);
     if let Some(max) = args.max_frame {
         builder = builder.max_frame_len(max);
     }
-    let client = match args.name.strip_prefix("tcp:") {
+    let client = match name.strip_prefix("tcp:") {
         Some(addr) => builder.connect_io(tokio::net::TcpStream::connect(addr).await?)?,
-        None => builder.connect(&args.name).await?,
+        None => builder.connect(&name).await?,
     };
     let send = |frame: String| {
         let client = client.clone();

@@ -187,6 +187,65 @@ async fn with_error_reply_a_service_error_becomes_a_reply_and_the_connection_goe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_reply_set_after_codec_answers_in_that_codec() {
+    within(60, async {
+        // Setting it before `codec` does not compile (see the doctest of
+        // `Builder::codec`); after it, it is typed by the codec's replies.
+        let name = unique_name("error-reply-codec");
+        let server = Server::builder()
+            .instances(1)
+            .codec(tokio_util::codec::LinesCodec::new_with_max_length(64))
+            .error_reply(|e| format!("error: {e}"))
+            .bind(&name)
+            .unwrap();
+        let handle = server.handle();
+        let svc = tower::service_fn(|line: String| async move {
+            match line.as_str() {
+                "fail" => Err::<String, BoxError>("no such thing".into()),
+                _ => Ok(line.to_uppercase()),
+            }
+        });
+        let serving = tokio::spawn(server.serve(svc));
+        let client = Client::builder()
+            .codec(tokio_util::codec::LinesCodec::new())
+            .connect(&name)
+            .await
+            .unwrap();
+        assert_eq!(client.call("a".to_owned()).await.unwrap(), "A");
+        assert_eq!(
+            client.call("fail".to_owned()).await.unwrap(),
+            "error: no such thing"
+        );
+        assert_eq!(client.call("b".to_owned()).await.unwrap(), "B");
+        drop(client);
+        handle.shutdown();
+        let summary = serving.await.unwrap().unwrap();
+        assert_eq!((summary.requests, summary.stats.service_errors), (3, 1));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_pipeline_depth_of_0_is_a_config_error_on_client_and_server_alike() {
+    let name = unique_name("depth-0");
+    let server_err = Server::builder().pipeline_depth(0).bind(&name).unwrap_err();
+    let client_err = Client::builder()
+        .pipeline_depth(0)
+        .connect(&name)
+        .await
+        .unwrap_err();
+    let (io, _peer) = tokio::io::duplex(64);
+    let io_err = Client::builder()
+        .pipeline_depth(0)
+        .connect_io(io)
+        .unwrap_err();
+    for err in [&server_err, &client_err, &io_err] {
+        assert!(err.is_config(), "{err}");
+        assert_eq!(err.to_string(), server_err.to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_panic_ends_that_connection_and_the_instance_serves_the_next_client() {
     within(60, async {
         let server = start("panic", Server::builder().instances(1), failing_service());

@@ -539,3 +539,67 @@ mod fuzz {
         }
     }
 }
+
+/// The idle timeout counts from the last activity, on a paused clock.
+#[cfg(test)]
+mod timers {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::codec::{BuiltinFraming, Framing, MakeTransport};
+
+    struct Ignore;
+
+    impl Observer for Ignore {
+        fn answered(&mut self) {}
+        fn error_replied(&mut self, _: &BoxError) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_asking_every_5_s_is_never_idle_and_a_silent_one_is_closed_300_s_after_its_last_reply(
+    ) {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let cfg = ConnConfig {
+            pipeline_depth: 16,
+            concurrent: false,
+            linger: Duration::from_secs(2),
+            idle_timeout: Some(Duration::from_secs(300)),
+            write_timeout: Some(Duration::from_secs(30)),
+        };
+        let serving = tokio::spawn(async move {
+            let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1024)
+                .transport(server, Default::default());
+            // Answers within the poll that read the request.
+            let echo = tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) });
+            let token = CancellationToken::new();
+            let end = dispatch(&mut transport, echo, &cfg, &token, None, Ignore, Bytes::len).await;
+            (end, Instant::now())
+        });
+
+        let start = Instant::now();
+        // 500 s, well past the idle timeout, of one request every 5 s.
+        for i in 0..100u8 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            client.write_all(&[0, 0, 0, 1, i]).await.unwrap();
+            let mut reply = [0u8; 5];
+            client.read_exact(&mut reply).await.unwrap();
+            assert_eq!(reply, [0, 0, 0, 1, i], "request {i}");
+        }
+        let last = Instant::now();
+        assert!(last - start >= Duration::from_secs(500));
+        assert!(!serving.is_finished(), "an active client was closed");
+
+        // Then silence: closed by the idle timeout, counted from the last
+        // reply, not from the accept.
+        let (end, ended) = serving.await.unwrap();
+        assert!(matches!(end, End::IdleTimeout), "{end}");
+        let silent = ended - last;
+        assert!(
+            silent >= Duration::from_secs(300) && silent < Duration::from_secs(301),
+            "closed after {silent:?} of silence"
+        );
+    }
+}

@@ -1,0 +1,180 @@
+//! The pool's connections as values (`Server::into_incoming`), over named
+//! pipes on Windows and Unix domain sockets on Unix: instances reused after
+//! a dropped connection, no reply lost to the drop, no "busy" below
+//! capacity, at most `instances` out at once, and shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use pipeserve::{
+    server::{Connection, Incoming},
+    Client, Server,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Serves every connection of `incoming` with a length-delimited protocol
+/// written by hand: one request frame, then a reply frame of `reply_len`
+/// bytes (the request repeated), then the connection is dropped at once,
+/// before the client has read the reply. Returns what each connection's
+/// info said: (id, instance, client pid).
+async fn serve_one_reply_each(
+    mut incoming: Incoming,
+    reply_len: usize,
+) -> Vec<(u64, usize, Option<u32>)> {
+    let mut seen = Vec::new();
+    while let Some(conn) = incoming.next().await {
+        let info = conn.info();
+        seen.push((info.id(), info.instance(), info.client_pid()));
+        tokio::spawn(reply_and_drop(conn, reply_len));
+    }
+    seen
+}
+
+async fn reply_and_drop(mut conn: Connection, reply_len: usize) {
+    let Some(req) = read_frame(&mut conn).await else {
+        return;
+    };
+    let reply: Vec<u8> = req.iter().copied().cycle().take(reply_len).collect();
+    conn.write_all(&frame(&reply)).await.unwrap();
+    // Dropped here, before the client has read the reply.
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connections_lose_no_reply_and_their_instances_serve_again_without_busy() {
+    within(120, async {
+        let name = unique_name("incoming-reuse");
+        let instances = 2;
+        let server = Server::builder().instances(instances).bind(&name).unwrap();
+        let handle = server.handle();
+        // Replies far over the pipe's and socket's buffers: most of each is
+        // still unread when its connection is dropped.
+        let reply_len = 1 << 20;
+        let serving = tokio::spawn(serve_one_reply_each(server.into_incoming(), reply_len));
+
+        // Two churners, below capacity, reconnecting at once, 20 times each.
+        let churners: Vec<_> = (0..instances)
+            .map(|c| {
+                let name = name.clone();
+                tokio::spawn(async move {
+                    let mut retries = 0;
+                    for i in 0..20u8 {
+                        let client = Client::connect(&name).await.unwrap();
+                        let req = Bytes::from(vec![c as u8, i, 0xAB]);
+                        let reply = client.call(req.clone()).await.unwrap();
+                        assert_eq!(reply.len(), reply_len, "the reply arrived whole");
+                        assert!(
+                            reply.chunks(3).all(|c| c == &req[..c.len()]),
+                            "the reply is the request repeated"
+                        );
+                        retries += client.connect_retries();
+                    }
+                    retries
+                })
+            })
+            .collect();
+        for churner in churners {
+            assert_eq!(churner.await.unwrap(), 0, "a client found no free instance");
+        }
+        assert_eq!(handle.stats().connections, 40);
+        handle.shutdown();
+        let seen = serving.await.unwrap();
+        assert_eq!(seen.len(), 40);
+        let ids: Vec<u64> = seen.iter().map(|s| s.0).collect();
+        assert_eq!(ids, (1..=40).collect::<Vec<_>>(), "ids count up from 1");
+        // 40 clients on 2 instances (4 pipe instances on Windows): reused.
+        let spares = if cfg!(windows) { 2 } else { 1 };
+        assert!(
+            seen.iter().all(|s| s.1 < instances * spares),
+            "instances {:?}",
+            seen.iter().map(|s| s.1).collect::<Vec<_>>()
+        );
+        assert!(seen
+            .iter()
+            .all(|s| s.2 == Some(std::process::id())));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_instances_connections_are_out_and_a_drop_lets_the_next_in() {
+    within(60, async {
+        let name = unique_name("incoming-cap");
+        let server = Server::builder().instances(1).bind(&name).unwrap();
+        let mut incoming = server.into_incoming();
+
+        let mut first_client = raw_connect(&name).await;
+        let mut first = incoming.next().await.unwrap();
+        // A second client connects (a spare instance on Windows, the backlog
+        // on Unix) but is not handed out while the first is.
+        let mut second_client = raw_connect(&name).await;
+        let early = tokio::time::timeout(Duration::from_millis(300), incoming.next()).await;
+        assert!(early.is_err(), "a second connection was handed out beyond 1 instance");
+
+        // The first still works both ways.
+        first_client.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        first.read_exact(&mut buf).await.unwrap();
+        first.write_all(b"pong").await.unwrap();
+        drop(first);
+        first_client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong", "the reply written before the drop arrives");
+        // A socket is half-closed at once; a pipe has no half-close, and is
+        // disconnected once the client closes (or the linger ends).
+        #[cfg(unix)]
+        {
+            let mut rest = Vec::new();
+            first_client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty(), "then the end of the stream");
+        }
+        drop(first_client);
+
+        // Now the second is handed out.
+        let mut second = incoming.next().await.unwrap();
+        second_client.write_all(b"next").await.unwrap();
+        second.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"next");
+        assert_eq!(second.info().id(), 2);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_the_stream_and_connections_out_live_on() {
+    within(60, async {
+        let name = unique_name("incoming-shutdown");
+        let server = Server::builder().instances(2).bind(&name).unwrap();
+        let handle = server.handle();
+        let mut incoming = server.into_incoming();
+        let mut client = raw_connect(&name).await;
+        let mut conn = incoming.accept().await.unwrap();
+
+        handle.shutdown();
+        assert!(incoming.accept().await.is_none(), "the stream ended");
+        assert!(incoming.next().await.is_none(), "and stays ended");
+        drop(incoming);
+
+        // The connection handed out before still carries bytes both ways.
+        client.write_all(b"still").await.unwrap();
+        let mut buf = [0u8; 5];
+        conn.read_exact(&mut buf).await.unwrap();
+        conn.write_all(&buf).await.unwrap();
+        client.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"still");
+        drop(conn);
+        drop(client);
+
+        // New clients find nobody.
+        let refused = Client::builder()
+            .connect_timeout(Duration::from_millis(200))
+            .connect(&name)
+            .await
+            .unwrap_err();
+        assert!(refused.is_timeout(), "{refused}");
+        assert_eq!(handle.stats().connections, 1);
+    })
+    .await
+}
