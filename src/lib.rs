@@ -112,4 +112,3 @@ pub use client::Client;
 pub use error::{BoxError, Error};
 pub use name::Address;
 pub use server::{ConnectionInfo, Handle, PipeMode, Server, Stats, Summary};
-

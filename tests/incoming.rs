@@ -92,9 +92,7 @@ async fn dropped_connections_lose_no_reply_and_their_instances_serve_again_witho
             "instances {:?}",
             seen.iter().map(|s| s.1).collect::<Vec<_>>()
         );
-        assert!(seen
-            .iter()
-            .all(|s| s.2 == Some(std::process::id())));
+        assert!(seen.iter().all(|s| s.2 == Some(std::process::id())));
     })
     .await
 }
@@ -112,7 +110,10 @@ async fn at_most_instances_connections_are_out_and_a_drop_lets_the_next_in() {
         // on Unix) but is not handed out while the first is.
         let mut second_client = raw_connect(&name).await;
         let early = tokio::time::timeout(Duration::from_millis(300), incoming.next()).await;
-        assert!(early.is_err(), "a second connection was handed out beyond 1 instance");
+        assert!(
+            early.is_err(),
+            "a second connection was handed out beyond 1 instance"
+        );
 
         // The first still works both ways.
         first_client.write_all(b"ping").await.unwrap();

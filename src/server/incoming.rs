@@ -179,7 +179,11 @@ impl<L: Source> Connection<L> {
     }
 
     fn io(&mut self) -> Pin<&mut IoOf<L>> {
-        Pin::new(self.io.as_mut().expect("the connection's I/O lives until drop"))
+        Pin::new(
+            self.io
+                .as_mut()
+                .expect("the connection's I/O lives until drop"),
+        )
     }
 }
 

@@ -282,12 +282,13 @@ where
                 }
             },
         };
-        let info = ConnectionInfo::new(
-            shared.next_id.fetch_add(1, Relaxed) + 1,
-            index,
-            peer.pid,
+        let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, peer.pid);
+        let span = tracing::debug_span!(
+            "conn",
+            id = info.id(),
+            instance = index,
+            client_pid = peer.pid
         );
-        let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid = peer.pid);
         let active = shared.counters.open();
         trace!(parent: &span, "client connected");
         let handled = AssertUnwindSafe(

@@ -128,9 +128,7 @@ where
     type Output = Result<Summary, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut()
-            .state
-            .poll(cx, || std::future::pending::<()>())
+        self.get_mut().state.poll(cx, std::future::pending::<()>)
     }
 }
 
@@ -176,7 +174,11 @@ where
     L: Source,
     M: MakeConnService<F::ReadFrame, Service: FrameService<F::ReadFrame, F::WriteFrame>>,
 {
-    fn poll<G>(&mut self, cx: &mut Context<'_>, signal: impl FnOnce() -> G) -> Poll<<Serve<F, L, M> as Future>::Output>
+    fn poll<G>(
+        &mut self,
+        cx: &mut Context<'_>,
+        signal: impl FnOnce() -> G,
+    ) -> Poll<<Serve<F, L, M> as Future>::Output>
     where
         G: Future<Output = ()> + Send + 'static,
     {

@@ -203,7 +203,10 @@ fn remove_if_stale(path: &Path) -> io::Result<()> {
     if !md.file_type().is_socket() {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,
-            format!("{} exists and is not a socket; not removing it", path.display()),
+            format!(
+                "{} exists and is not a socket; not removing it",
+                path.display()
+            ),
         ));
     }
     match std::os::unix::net::UnixStream::connect(path) {
@@ -276,7 +279,10 @@ pub(crate) type ClientIo = UnixStream;
 /// One connection attempt. Sockets have no message mode: message framing is
 /// refused before this is called.
 pub(crate) async fn connect(path: &Path, message_mode: bool) -> io::Result<UnixStream> {
-    debug_assert!(!message_mode, "message framing is refused before connecting");
+    debug_assert!(
+        !message_mode,
+        "message framing is refused before connecting"
+    );
     UnixStream::connect(path).await
 }
 

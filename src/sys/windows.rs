@@ -487,7 +487,8 @@ pub(crate) mod measure {
         // to `GetProcAddress`, never freed.
         unsafe {
             let module = GetModuleHandleW(ntdll.as_ptr());
-            !module.is_null() && GetProcAddress(module, c"wine_get_version".as_ptr().cast()).is_some()
+            !module.is_null()
+                && GetProcAddress(module, c"wine_get_version".as_ptr().cast()).is_some()
         }
     }
 
@@ -605,12 +606,15 @@ pub(crate) mod measure {
         counters.cb = size_of::<PROCESS_MEMORY_COUNTERS>() as u32;
         // Safety: the pseudo handle needs no closing; `counters` is valid and its
         // size is given.
-        let ok = unsafe { K32GetProcessMemoryInfo(GetCurrentProcess(), &mut counters, counters.cb) };
+        let ok =
+            unsafe { K32GetProcessMemoryInfo(GetCurrentProcess(), &mut counters, counters.cb) };
         (ok != 0).then_some(counters.WorkingSetSize as u64)
     }
 
     /// CPU time, working set and peak working set of `child`.
-    pub(crate) fn child_usage(child: &std::process::Child) -> Option<(std::time::Duration, u64, u64)> {
+    pub(crate) fn child_usage(
+        child: &std::process::Child,
+    ) -> Option<(std::time::Duration, u64, u64)> {
         let handle = child.as_raw_handle() as HANDLE;
         let zero = FILETIME {
             dwLowDateTime: 0,
@@ -619,13 +623,13 @@ pub(crate) mod measure {
         let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
         // Safety: the handle belongs to `child`, borrowed for the call; the four
         // out pointers are valid.
-        let ok = unsafe { GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) };
+        let ok =
+            unsafe { GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) };
         if ok == 0 {
             return None;
         }
-        let hundred_ns = |t: FILETIME| {
-            (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime)
-        };
+        let hundred_ns =
+            |t: FILETIME| (u64::from(t.dwHighDateTime) << 32) | u64::from(t.dwLowDateTime);
         let cpu = std::time::Duration::from_nanos((hundred_ns(kernel) + hundred_ns(user)) * 100);
         // Safety: PROCESS_MEMORY_COUNTERS is plain data, valid when zeroed.
         let mut counters: PROCESS_MEMORY_COUNTERS = unsafe { std::mem::zeroed() };
