@@ -80,7 +80,7 @@ impl Error {
     /// Classifies an I/O error from a connection: frame errors, peer gone,
     /// timeouts, or plain I/O.
     pub(crate) fn from_io(e: io::Error) -> Self {
-        let kind = if crate::codec::is_frame_too_large(&e) {
+        let kind = if is_frame_too_large(&e) {
             Kind::FrameTooLarge
         } else {
             match e.kind() {
@@ -233,6 +233,63 @@ pub(crate) fn into_io(e: impl Into<BoxError>) -> io::Error {
     }
 }
 
+/// The marker inside the [`io::Error`] (kind `InvalidData`) of a frame over
+/// the limit.
+#[derive(Debug)]
+struct FrameTooLarge {
+    /// The frame's length, or a lower bound when the frame was not read whole.
+    len: u64,
+    at_least: bool,
+    max: usize,
+}
+
+impl fmt::Display for FrameTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let at_least = if self.at_least { "at least " } else { "" };
+        write!(
+            f,
+            "frame of {at_least}{} bytes is over the limit of {} bytes",
+            self.len, self.max
+        )
+    }
+}
+
+impl StdError for FrameTooLarge {}
+
+fn too_large(len: u64, at_least: bool, max: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        FrameTooLarge { len, at_least, max },
+    )
+}
+
+/// An `InvalidData` error for a frame of `len` bytes over `max`: what every
+/// framing returns for a frame over the limit.
+pub(crate) fn frame_too_large(len: u64, max: usize) -> io::Error {
+    too_large(len, false, max)
+}
+
+/// An `InvalidData` error for a frame of at least `len` bytes over `max`.
+pub(crate) fn frame_at_least(len: u64, max: usize) -> io::Error {
+    too_large(len, true, max)
+}
+
+/// Whether `e` is a frame over the limit: ours, or one of tokio-util's codecs'.
+pub(crate) fn is_frame_too_large(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| {
+        inner.is::<FrameTooLarge>()
+            || inner.is::<tokio_util::codec::LengthDelimitedCodecError>()
+            || matches!(
+                inner.downcast_ref::<tokio_util::codec::LinesCodecError>(),
+                Some(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded)
+            )
+            || matches!(
+                inner.downcast_ref::<tokio_util::codec::AnyDelimiterCodecError>(),
+                Some(tokio_util::codec::AnyDelimiterCodecError::MaxChunkLengthExceeded)
+            )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +314,6 @@ mod tests {
         assert!(Error::from_io(io::ErrorKind::BrokenPipe.into()).is_closed());
         assert!(Error::from_io(io::ErrorKind::TimedOut.into()).is_timeout());
         assert!(Error::from_io(io::Error::new(io::ErrorKind::InvalidData, "x")).is_frame());
-        assert!(Error::from_io(crate::codec::frame_too_large(10, 5)).is_frame_too_large());
+        assert!(Error::from_io(frame_too_large(10, 5)).is_frame_too_large());
     }
 }

@@ -242,7 +242,7 @@ mod tests {
         let mut buf = BytesMut::from(&[0xff, 0xff, 0xff, 0xff][..]);
         let cap = buf.capacity();
         let err = codec.decode(&mut buf).unwrap_err();
-        assert!(super::super::is_frame_too_large(&err));
+        assert!(crate::error::is_frame_too_large(&err));
         assert!(err.to_string().contains("4294967295"), "{err}");
         assert_eq!(buf.capacity(), cap);
     }

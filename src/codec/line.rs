@@ -112,7 +112,7 @@ mod tests {
         let mut codec = LineCodec::new(4);
         let mut buf = BytesMut::from(&b"abcdefgh"[..]);
         let err = codec.decode(&mut buf).unwrap_err();
-        assert!(super::super::is_frame_too_large(&err), "{err}");
+        assert!(crate::error::is_frame_too_large(&err), "{err}");
         let mut out = BytesMut::new();
         assert!(codec
             .encode(Bytes::from_static(b"abcde"), &mut out)

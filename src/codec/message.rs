@@ -134,7 +134,7 @@ mod tests {
         assert_eq!(t.next().await.unwrap().unwrap().len(), 4095);
         client.write_all(&[7u8; 5000]).await.unwrap();
         let err = t.next().await.unwrap().unwrap_err();
-        assert!(crate::codec::is_frame_too_large(&err), "{err}");
+        assert!(crate::error::is_frame_too_large(&err), "{err}");
         drop(client);
         // The rest of the long write, then end of stream.
         assert!(t.next().await.unwrap().is_ok());

@@ -54,7 +54,7 @@ mod line;
 mod message;
 mod transport;
 
-use std::{error::Error as StdError, fmt, io};
+use std::fmt;
 
 pub use bytes::Bytes;
 pub use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
@@ -65,6 +65,8 @@ pub use transport::{Codec, MakeTransport};
 // The transports are named by `MakeTransport`'s hidden items, so they are
 // `pub` in their modules, but users can neither build nor use them.
 pub(crate) use transport::{Buffers, Transport};
+
+pub(crate) use crate::error::{frame_at_least, frame_too_large};
 
 /// The default maximum frame length: 8 MiB, as tokio-util's
 /// [`LengthDelimitedCodec`].
@@ -118,60 +120,4 @@ impl std::str::FromStr for Framing {
             ))),
         }
     }
-}
-
-/// The marker inside the [`io::Error`] (kind `InvalidData`) of a frame over
-/// the limit.
-#[derive(Debug)]
-struct FrameTooLarge {
-    /// The frame's length, or a lower bound when the frame was not read whole.
-    len: u64,
-    at_least: bool,
-    max: usize,
-}
-
-impl fmt::Display for FrameTooLarge {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let at_least = if self.at_least { "at least " } else { "" };
-        write!(
-            f,
-            "frame of {at_least}{} bytes is over the limit of {} bytes",
-            self.len, self.max
-        )
-    }
-}
-
-impl StdError for FrameTooLarge {}
-
-fn too_large(len: u64, at_least: bool, max: usize) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        FrameTooLarge { len, at_least, max },
-    )
-}
-
-/// An `InvalidData` error for a frame of `len` bytes over `max`.
-pub(crate) fn frame_too_large(len: u64, max: usize) -> io::Error {
-    too_large(len, false, max)
-}
-
-/// An `InvalidData` error for a frame of at least `len` bytes over `max`.
-pub(crate) fn frame_at_least(len: u64, max: usize) -> io::Error {
-    too_large(len, true, max)
-}
-
-/// Whether `e` is a frame over the limit: ours, or one of tokio-util's codecs'.
-pub(crate) fn is_frame_too_large(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| {
-        inner.is::<FrameTooLarge>()
-            || inner.is::<tokio_util::codec::LengthDelimitedCodecError>()
-            || matches!(
-                inner.downcast_ref::<tokio_util::codec::LinesCodecError>(),
-                Some(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded)
-            )
-            || matches!(
-                inner.downcast_ref::<tokio_util::codec::AnyDelimiterCodecError>(),
-                Some(tokio_util::codec::AnyDelimiterCodecError::MaxChunkLengthExceeded)
-            )
-    })
 }

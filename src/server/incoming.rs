@@ -159,8 +159,10 @@ impl<L: Source> fmt::Debug for Incoming<L> {
 /// first, since disconnecting a pipe throws away what the client has not
 /// read yet; then the instance listens again. On a socket the server's
 /// side is half-closed meanwhile, so the client sees the end of the stream.
-/// `poll_shutdown` half-closes a socket and is a no-op on a pipe, as
-/// tokio's pipes have it.
+/// A pipe has no half-close: its client sees the end only when the linger
+/// ends, so protocols over pipes let the client close first (as HTTP/1.1
+/// keep-alive and HTTP/2 clients do). `poll_shutdown` half-closes a socket
+/// and is a no-op on a pipe, as tokio's pipes have it.
 pub struct Connection<L: Source = PipeListener> {
     /// `Some` until dropped.
     io: Option<IoOf<L>>,
