@@ -25,12 +25,12 @@ const USAGE: &str = "usage: demo [[--name] NAME]";
 /// The name to serve on; `--help` prints the usage and exits 0.
 fn parse_args() -> Result<String, lexopt::Error> {
     use lexopt::prelude::*;
-    let mut name = String::from("pipeserve-demo");
+    let mut name = None;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("name") => name = parser.value()?.string()?,
-            Value(value) => name = value.string()?,
+            Long("name") if name.is_none() => name = Some(parser.value()?.string()?),
+            Value(value) if name.is_none() => name = Some(value.string()?),
             Short('h') | Long("help") => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -38,7 +38,7 @@ fn parse_args() -> Result<String, lexopt::Error> {
             _ => return Err(arg.unexpected()),
         }
     }
-    Ok(name)
+    Ok(name.unwrap_or_else(|| "pipeserve-demo".to_owned()))
 }
 
 const CLIENTS: usize = 8;

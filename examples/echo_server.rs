@@ -42,7 +42,10 @@ fn parse_args() -> Result<Args, lexopt::Error> {
     let mut named = false;
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("name") => args.name = parser.value()?.string()?,
+            Long("name") if !named => {
+                args.name = parser.value()?.string()?;
+                named = true;
+            }
             Value(name) if !named => {
                 args.name = name.string()?;
                 named = true;

@@ -51,7 +51,7 @@ fn parse() -> Result<Args, lexopt::Error> {
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("name") => args.name = Some(parser.value()?.string()?),
+            Long("name") if args.name.is_none() => args.name = Some(parser.value()?.string()?),
             Long("framing") => args.framing = parser.value()?.parse()?,
             Long("max-frame") => args.max_frame = Some(parser.value()?.parse()?),
             Long("timeout-ms") => args.timeout = Duration::from_millis(parser.value()?.parse()?),

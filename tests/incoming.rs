@@ -179,3 +179,30 @@ async fn shutdown_ends_the_stream_and_connections_out_live_on() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_accepted_but_not_taken_is_let_go_when_the_stream_is_dropped() {
+    within(60, async {
+        let name = unique_name("incoming-drop");
+        let server = Server::builder().instances(2).bind(&name).unwrap();
+        let handle = server.handle();
+        let incoming = server.into_incoming();
+        let mut client = raw_connect(&name).await;
+        // Accepted by an instance and queued for the stream, never taken.
+        while handle.stats().connections == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(incoming);
+        // The instance gets it back and ends it: EOF on a socket at once; on a
+        // pipe, disconnected after the linger.
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf))
+            .await
+            .expect("the client was let go");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        while handle.stats().active > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}

@@ -38,7 +38,7 @@ pub(crate) async fn drive<T, Req, Resp>(
     let mut driver = Driver {
         transport,
         calls,
-        pending: VecDeque::with_capacity(depth),
+        pending: VecDeque::new(),
         unflushed: false,
         open: true,
         depth,

@@ -277,10 +277,12 @@ impl<F: MakeTransport> Builder<F> {
     /// made with [`Server::builder().listener(..)`](crate::server::Builder::listener))
     /// and starts the connection's task on the current runtime.
     ///
+    /// With message framing, `io` must be a message-mode pipe (a tokio
+    /// `NamedPipeClient` opened with `PipeMode::Message`).
+    ///
     /// # Errors
     ///
-    /// [`Error::is_config`] for a pipeline depth of 0, or message framing
-    /// (which needs a message-mode pipe, not any stream).
+    /// [`Error::is_config`] for a pipeline depth of 0.
     ///
     /// # Panics
     ///
@@ -290,11 +292,6 @@ impl<F: MakeTransport> Builder<F> {
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         check_pipeline_depth(self.pipeline_depth)?;
-        if self.framing.message_mode() {
-            return Err(Error::config(
-                "message framing needs a message-mode named pipe, not any stream",
-            ));
-        }
         Ok(self.start(io, None, 0))
     }
 

@@ -289,9 +289,10 @@ impl<F, E> Builder<F, E> {
         self
     }
 
-    /// Closes a connection that was idle for `timeout`: nothing received
-    /// from the client and no request in flight, measured from the last
-    /// request read or reply written (default: 5 minutes; `None`: never).
+    /// Closes a connection that was idle for `timeout`: no whole request
+    /// received and none in flight, measured from the last request read or
+    /// reply written (default: 5 minutes; `None`: never). A client trickling
+    /// a frame byte by byte is idle until the frame is whole.
     /// Guards the instances against clients that connect and say nothing; a
     /// client that keeps an idle connection longer must reconnect.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {

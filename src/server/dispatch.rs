@@ -116,7 +116,7 @@ struct Dispatcher<'a, T, S: Service<Req>, Req, O> {
     shutdown: ShutdownSignal<'a>,
     /// The idle timeout, measured from `last_activity`.
     idle: Option<Deadline>,
-    /// When the last request was read or reply encoded.
+    /// When a request was last read, or replies last encoded or flushed.
     last_activity: Instant,
     /// The write timeout, measured from `blocked_since`.
     write: Option<Deadline>,
@@ -152,8 +152,9 @@ where
                 break;
             }
         }
-        if let Err(end) = self.poll_flush(cx) {
-            return Poll::Ready(end);
+        match self.poll_flush(cx) {
+            Ok(flushed) => active |= flushed,
+            Err(end) => return Poll::Ready(end),
         }
         if self.is_idle() && !self.reading {
             return Poll::Ready(self.end.take().unwrap_or(End::Eof));
@@ -244,19 +245,24 @@ where
     }
 
     /// Flushes once nothing more is ready: replies ready together go out in
-    /// one write.
-    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Result<(), End> {
-        if self.unflushed {
-            match Pin::new(&mut *self.transport).poll_flush(cx) {
-                Poll::Ready(Ok(())) => {
-                    self.unflushed = false;
-                    self.write_blocked = false;
-                }
-                Poll::Ready(Err(e)) => return Err(End::Write(e)),
-                Poll::Pending => self.write_blocked = true,
+    /// one write. Returns whether replies were flushed: the client read
+    /// them, which counts as activity (a slow reader is not idle).
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Result<bool, End> {
+        if !self.unflushed {
+            return Ok(false);
+        }
+        match Pin::new(&mut *self.transport).poll_flush(cx) {
+            Poll::Ready(Ok(())) => {
+                self.unflushed = false;
+                self.write_blocked = false;
+                Ok(true)
+            }
+            Poll::Ready(Err(e)) => Err(End::Write(e)),
+            Poll::Pending => {
+                self.write_blocked = true;
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     /// The write timeout while writing is blocked; the idle timeout while
@@ -601,5 +607,45 @@ mod timers {
             silent >= Duration::from_secs(300) && silent < Duration::from_secs(301),
             "closed after {silent:?} of silence"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_read_slowly_for_longer_than_the_idle_timeout_does_not_end_the_connection() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let cfg = ConnConfig {
+            pipeline_depth: 16,
+            concurrent: false,
+            linger: Duration::from_secs(2),
+            idle_timeout: Some(Duration::from_secs(10)),
+            write_timeout: None,
+        };
+        let serving = tokio::spawn(async move {
+            let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20)
+                .transport(server, Default::default());
+            let big = tower::service_fn(|req: Bytes| async move {
+                let len = if req.is_empty() { 64 * 1024 } else { req.len() };
+                Ok::<_, Infallible>(Bytes::from(vec![7u8; len]))
+            });
+            let token = CancellationToken::new();
+            dispatch(&mut transport, big, &cfg, &token, None, Ignore, Bytes::len).await
+        });
+
+        // A 64 KiB reply through a 1 KiB pipe, read 1 KiB a second: the flush
+        // takes about a minute, far past the idle timeout.
+        client.write_all(&[0, 0, 0, 0]).await.unwrap();
+        let mut reply = vec![0u8; 4 + 64 * 1024];
+        for chunk in reply.chunks_mut(1024) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            client.read_exact(chunk).await.unwrap();
+        }
+        // Well within the idle timeout of the flush: still served.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        client.write_all(&[0, 0, 0, 1, 9]).await.unwrap();
+        let mut next = [0u8; 5];
+        client.read_exact(&mut next).await.unwrap();
+        assert_eq!(next, [0, 0, 0, 1, 7]);
+        drop(client);
+        let end = serving.await.unwrap();
+        assert!(matches!(end, End::Eof), "{end}");
     }
 }

@@ -38,9 +38,16 @@ type IoOf<L> = <<L as sys::Listener>::Slot as sys::Slot>::Io;
 /// connected, until one is dropped), and each instance is reused once its
 /// connection is dropped and its client has closed.
 ///
-/// The stream ends after [`Handle::shutdown`]: the server stops accepting,
-/// and connections already handed out live on. Dropping the stream does the
-/// same.
+/// The stream ends after [`Handle::shutdown`]: when it is next polled (or
+/// dropped), the server stops accepting, and connections already handed
+/// out live on. Dropping the stream does the same. Until the stream is
+/// polled, accepted clients wait for it, connected.
+///
+/// None of the framed server's per-connection limits (frame length,
+/// pipeline depth, idle and write timeouts) applies to a [`Connection`]: a
+/// client that says nothing holds its instance until the protocol you run
+/// on it gives up, so give that protocol a timeout (hyper's
+/// `header_read_timeout`, tonic's `timeout`, `tokio::time::timeout`).
 ///
 /// # Examples
 ///
@@ -114,7 +121,8 @@ impl<L: Source> Incoming<L> {
             info!(listener = %pool.describe(), "no longer accepting");
             pool.detach();
         }
-        // Connections not taken yet go back to their instances.
+        // Connections not taken yet go back to their instances (dropping
+        // one sends its I/O object home).
         self.connections.close();
         while self.connections.try_recv().is_ok() {}
     }
@@ -126,6 +134,8 @@ impl<L: Source> Stream for Incoming<L> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Connection<L>>> {
         let this = self.get_mut();
         let Some(pool) = &mut this.pool else {
+            // Ended: a connection that landed late goes back at once.
+            while this.connections.try_recv().is_ok() {}
             return Poll::Ready(None);
         };
         let _ = pool.poll_watch(cx);
@@ -140,6 +150,15 @@ impl<L: Source> Stream for Incoming<L> {
 impl<L: Source> Drop for Incoming<L> {
     fn drop(&mut self) {
         self.end();
+        // An instance may be sending a connection right now, past the
+        // channel's closed check: it lands after the drain above, and its
+        // instance would wait for it forever. After `close`, `recv` waits
+        // for such sends to land, then ends.
+        let (_, mut late) = mpsc::unbounded_channel();
+        std::mem::swap(&mut self.connections, &mut late);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { while late.recv().await.is_some() {} });
+        }
     }
 }
 

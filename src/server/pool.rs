@@ -60,8 +60,10 @@ pub(crate) trait Handler<Io>: Clone + Send + 'static {
 
 /// A connection back from its handler.
 pub(crate) struct Handled<Io> {
-    /// `None` if the connection was lost (a `Connection` leaked): the slot
-    /// makes a new instance.
+    /// `None` if the connection never came back (its return path was
+    /// dropped unused): the slot makes a new instance. A `Connection` that
+    /// is leaked (`mem::forget`) keeps its return path, and its instance
+    /// waits for it for good, as a leaked `TcpStream` keeps its socket.
     pub(crate) io: Option<Io>,
     pub(crate) end: End,
 }
