@@ -102,11 +102,15 @@
 pub mod client;
 pub mod codec;
 mod error;
+#[cfg(feature = "hyper")]
+pub mod hyper;
 mod name;
 pub mod server;
 mod sys;
 #[cfg(feature = "test-util")]
 pub mod test_util;
+#[cfg(feature = "tonic")]
+pub mod tonic;
 
 pub use client::Client;
 pub use error::{BoxError, Error};

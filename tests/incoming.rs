@@ -27,6 +27,7 @@ async fn serve_one_reply_each(
 ) -> Vec<(u64, usize, Option<u32>)> {
     let mut seen = Vec::new();
     while let Some(conn) = incoming.next().await {
+        let conn = conn.expect("the stream's items are always Ok");
         let info = conn.info();
         seen.push((info.id(), info.instance(), info.client_pid()));
         tokio::spawn(reply_and_drop(conn, reply_len));
@@ -105,11 +106,11 @@ async fn at_most_instances_connections_are_out_and_a_drop_lets_the_next_in() {
         let mut incoming = server.into_incoming();
 
         let mut first_client = raw_connect(&name).await;
-        let mut first = incoming.next().await.unwrap();
+        let mut first = incoming.accept().await.unwrap();
         // A second client connects (a spare instance on Windows, the backlog
         // on Unix) but is not handed out while the first is.
         let mut second_client = raw_connect(&name).await;
-        let early = tokio::time::timeout(Duration::from_millis(300), incoming.next()).await;
+        let early = tokio::time::timeout(Duration::from_millis(300), incoming.accept()).await;
         assert!(
             early.is_err(),
             "a second connection was handed out beyond 1 instance"
@@ -134,7 +135,7 @@ async fn at_most_instances_connections_are_out_and_a_drop_lets_the_next_in() {
         drop(first_client);
 
         // Now the second is handed out.
-        let mut second = incoming.next().await.unwrap();
+        let mut second = incoming.accept().await.unwrap();
         second_client.write_all(b"next").await.unwrap();
         second.read_exact(&mut buf).await.unwrap();
         assert_eq!(&buf, b"next");

@@ -1,7 +1,12 @@
 //! The framed client: connect by name, send requests, get replies in order.
 
 mod connect;
+#[cfg(any(feature = "tonic", feature = "hyper"))]
+mod connector;
 mod driver;
+
+#[cfg(any(feature = "tonic", feature = "hyper"))]
+pub use connector::{ClientStream, Connector};
 
 use std::{
     fmt,

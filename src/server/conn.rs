@@ -152,10 +152,9 @@ pub(crate) trait MakeConnService<Req>: Clone + Send + 'static {
 }
 
 /// Every connection gets a clone of one service
-/// ([`Server::serve`](super::Server::serve)). Public only because
-/// [`Serve`](super::Serve) names it.
+/// ([`Server::serve`](super::Server::serve)).
 #[derive(Clone, Debug)]
-pub struct CloneService<S>(pub(crate) S);
+pub(crate) struct CloneService<S>(pub(crate) S);
 
 impl<S, Req> MakeConnService<Req> for CloneService<S>
 where
@@ -170,9 +169,8 @@ where
 
 /// Every connection gets a service made by a tower `MakeService` from its
 /// [`ConnectionInfo`] ([`Server::serve_make`](super::Server::serve_make)).
-/// Public only because [`Serve`](super::Serve) names it.
 #[derive(Clone, Debug)]
-pub struct MakeWith<M>(pub(crate) M);
+pub(crate) struct MakeWith<M>(pub(crate) M);
 
 impl<M, S, Req> MakeConnService<Req> for MakeWith<M>
 where

@@ -32,7 +32,7 @@ type IoOf<L> = <<L as sys::Listener>::Slot as sys::Slot>::Io;
 /// The connections of a server, as they come: from
 /// [`Server::into_incoming`].
 ///
-/// A [`Stream`] of [`Connection`]s (also [`accept`](Incoming::accept)):
+/// A [`Stream`] of [`Connection`]s (each `Ok`), also [`accept`](Incoming::accept):
 /// every pipe instance (and spare) keeps listening, at most `instances`
 /// connections are out at once (a client accepted beyond them waits,
 /// connected, until one is dropped), and each instance is reused once its
@@ -56,13 +56,12 @@ type IoOf<L> = <<L as sys::Listener>::Slot as sys::Slot>::Io;
 /// `serve_with_incoming` take.
 ///
 /// ```no_run
-/// use futures_util::StreamExt;
 /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
 ///
 /// # async fn run() -> Result<(), pipeserve::Error> {
 /// let server = pipeserve::Server::builder().instances(8).bind("myapp")?;
 /// let mut incoming = server.into_incoming();
-/// while let Some(mut conn) = incoming.next().await {
+/// while let Some(mut conn) = incoming.accept().await {
 ///     tokio::spawn(async move {
 ///         // An upper-casing byte echo.
 ///         let mut buf = [0u8; 1024];
@@ -107,7 +106,7 @@ impl<L: Source> Incoming<L> {
     ///
     /// Cancel safe: a connection is taken only when this returns it.
     pub async fn accept(&mut self) -> Option<Connection<L>> {
-        std::future::poll_fn(|cx| Pin::new(&mut *self).poll_next(cx)).await
+        std::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
     /// A handle to shut the server down and read its counters.
@@ -128,22 +127,31 @@ impl<L: Source> Incoming<L> {
     }
 }
 
-impl<L: Source> Stream for Incoming<L> {
-    type Item = Connection<L>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Connection<L>>> {
-        let this = self.get_mut();
-        let Some(pool) = &mut this.pool else {
+impl<L: Source> Incoming<L> {
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Option<Connection<L>>> {
+        let Some(pool) = &mut self.pool else {
             // Ended: a connection that landed late goes back at once.
-            while this.connections.try_recv().is_ok() {}
+            while self.connections.try_recv().is_ok() {}
             return Poll::Ready(None);
         };
         let _ = pool.poll_watch(cx);
-        if this.requested.as_mut().poll(cx).is_ready() {
-            this.end();
+        if self.requested.as_mut().poll(cx).is_ready() {
+            self.end();
             return Poll::Ready(None);
         }
-        this.connections.poll_recv(cx)
+        self.connections.poll_recv(cx)
+    }
+}
+
+/// Each item is `Ok`: a failure to accept is the pool's business (it backs
+/// off and retries), never the stream's. The `Result` is the convention of
+/// connection streams (tokio-stream's `TcpListenerStream`, tonic's
+/// `serve_with_incoming`), so the stream plugs in as it is.
+impl<L: Source> Stream for Incoming<L> {
+    type Item = io::Result<Connection<L>>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_accept(cx).map(|conn| conn.map(Ok))
     }
 }
 

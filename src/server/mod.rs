@@ -26,10 +26,8 @@ pub use listen::{Accept, AcceptListener, PipeListener, Source};
 pub use serve::{FrameService, Serve, WithGracefulShutdown};
 pub use stats::{Stats, Summary};
 
-use self::{
-    conn::{CloneService, ConnConfig, MakeWith},
-    stats::Counters,
-};
+pub(crate) use self::stats::Counters;
+use self::conn::{CloneService, ConnConfig, MakeWith};
 use crate::{
     codec::{BuiltinFraming, MakeTransport},
     error::BoxError,
@@ -130,11 +128,11 @@ impl<F: MakeTransport, L: Source> Server<F, L> {
     /// println!("{} requests answered", summary.requests);
     /// # Ok(()) }
     /// ```
-    pub fn serve<S>(self, svc: S) -> Serve<F, L, CloneService<S>>
+    pub fn serve<S>(self, svc: S) -> Serve
     where
         S: FrameService<F::ReadFrame, F::WriteFrame> + Clone,
     {
-        Serve::new(self, CloneService(svc))
+        Serve::new(move |signal| serve::run(self, CloneService(svc), signal))
     }
 
     /// Serves every connection with its own service, made by `make` from the
@@ -161,7 +159,7 @@ impl<F: MakeTransport, L: Source> Server<F, L> {
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub fn serve_make<M, S>(self, make: M) -> Serve<F, L, MakeWith<M>>
+    pub fn serve_make<M, S>(self, make: M) -> Serve
     where
         M: Service<ConnectionInfo, Response = S, Future: Send, Error: Into<BoxError>>
             + Clone
@@ -169,11 +167,25 @@ impl<F: MakeTransport, L: Source> Server<F, L> {
             + 'static,
         S: FrameService<F::ReadFrame, F::WriteFrame>,
     {
-        Serve::new(self, MakeWith(make))
+        Serve::new(move |signal| serve::run(self, MakeWith(make), signal))
+    }
+
+    /// How long a graceful shutdown waits for connections (the integrations
+    /// drain with it too).
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
+    /// The server's counters (the integrations count with them too).
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        self.counters.clone()
     }
 
     /// Hands out the pool's connections as they come, instead of serving
-    /// frames: a [`Stream`](futures_util::Stream) of [`Connection`]s, each an
+    /// frames: a [`Stream`](futures_util::Stream) of [`Connection`]s (also
+    /// [`Incoming::accept`]), each an
     /// `AsyncRead + AsyncWrite` with its [`ConnectionInfo`], for hyper,
     /// tonic or your own protocol. The framing and per-connection options
     /// of the builder do not apply; the pool's do (instances and spares,
@@ -188,12 +200,11 @@ impl<F: MakeTransport, L: Source> Server<F, L> {
     /// # Examples
     ///
     /// ```no_run
-    /// use futures_util::StreamExt;
     /// use tokio::io::AsyncWriteExt;
     ///
     /// # async fn run(server: pipeserve::Server) {
     /// let mut incoming = server.into_incoming();
-    /// while let Some(mut conn) = incoming.next().await {
+    /// while let Some(mut conn) = incoming.accept().await {
     ///     tokio::spawn(async move {
     ///         let _ = conn.write_all(b"hello\n").await;
     ///         // Dropping `conn` gives the instance back, after the client read.

@@ -1,5 +1,6 @@
-//! The one way to serve frames: [`Serve`], a future, and its graceful
-//! variant [`WithGracefulShutdown`], as `axum::serve` has them.
+//! The one way to serve: [`Serve`], a future, and its graceful variant
+//! [`WithGracefulShutdown`], as `axum::serve` has them; and the framed
+//! server's run (the pool with the `Framed` handler).
 
 use std::{
     fmt,
@@ -33,14 +34,18 @@ impl<T, Req, Resp> FrameService<Req, Resp> for T where
 }
 
 type BoxServe = Pin<Box<dyn Future<Output = Result<Summary, Error>> + Send>>;
+type BoxSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Start = Box<dyn FnOnce(BoxSignal) -> BoxServe + Send>;
 
-/// The server, serving: from [`Server::serve`] and [`Server::serve_make`].
+/// The server, serving: from [`Server::serve`], [`Server::serve_make`] and
+/// the HTTP integration's `serve`.
 ///
 /// A future: await it, or spawn it. It serves until dropped (which stops
 /// the server at once: every instance task is aborted and every pipe
 /// closed) or until [`Handle::shutdown`](super::Handle::shutdown) (a
 /// graceful shutdown); [`with_graceful_shutdown`](Serve::with_graceful_shutdown)
 /// adds a signal. It resolves to the [`Summary`] of what the server did.
+/// Nothing runs before the first poll, on the runtime that polls it.
 ///
 /// # Errors
 ///
@@ -48,46 +53,35 @@ type BoxServe = Pin<Box<dyn Future<Output = Result<Summary, Error>> + Send>>;
 /// handled, never the end of the server. The `Result` leaves room for
 /// errors that would be.
 #[must_use = "a Serve does nothing unless awaited or spawned"]
-pub struct Serve<F: MakeTransport, L, M> {
-    state: State<F, L, M>,
+pub struct Serve {
+    start: Option<Start>,
+    running: Option<BoxServe>,
 }
 
-enum State<F: MakeTransport, L, M> {
-    /// Not polled yet: the pool starts on the first poll, on the runtime
-    /// that polls it.
-    Idle(Server<F, L>, M),
-    Running(BoxServe),
-    Taken,
-}
-
-// The fields are moved out or boxed, never pinned in place.
-impl<F: MakeTransport, L, M> Unpin for Serve<F, L, M> {}
-
-impl<F: MakeTransport, L, M> fmt::Debug for Serve<F, L, M> {
+impl fmt::Debug for Serve {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Serve").finish_non_exhaustive()
+        f.debug_struct("Serve")
+            .field("running", &self.running.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-// `M` is `CloneService` or `MakeWith`, made by `Server`: how a connection's
-// service is made is pipeserve's business.
-#[allow(private_bounds)]
-impl<F, L, M> Serve<F, L, M>
-where
-    F: MakeTransport,
-    L: Source,
-    M: MakeConnService<F::ReadFrame, Service: FrameService<F::ReadFrame, F::WriteFrame>>,
-{
-    pub(super) fn new(server: Server<F, L>, make: M) -> Self {
+impl Serve {
+    /// A server that `start`s, given its shutdown signal, on the first poll.
+    pub(crate) fn new<R>(start: impl FnOnce(BoxSignal) -> R + Send + 'static) -> Self
+    where
+        R: Future<Output = Result<Summary, Error>> + Send + 'static,
+    {
         Serve {
-            state: State::Idle(server, make),
+            start: Some(Box::new(move |signal| Box::pin(start(signal)))),
+            running: None,
         }
     }
 
     /// Serves until `signal` completes, then shuts down gracefully.
     ///
     /// On the signal (or [`Handle::shutdown`](super::Handle::shutdown)) the
-    /// server stops accepting and stops reading new frames; every request
+    /// server stops accepting and stops reading new requests; every request
     /// already read is answered and its reply written; the server waits for
     /// clients to read and close, up to the drain timeout, then closes what
     /// remains ([`Summary::cut`]).
@@ -104,106 +98,83 @@ where
     /// # Panics
     ///
     /// If this `Serve` was already polled: add the signal first.
-    pub fn with_graceful_shutdown<G>(self, signal: G) -> WithGracefulShutdown<F, L, M, G>
+    pub fn with_graceful_shutdown<G>(self, signal: G) -> WithGracefulShutdown
     where
         G: Future<Output = ()> + Send + 'static,
     {
-        match self.state {
-            State::Idle(server, make) => WithGracefulShutdown {
-                state: State::Idle(server, make),
-                signal: Some(signal),
-            },
-            _ => panic!("with_graceful_shutdown called on a Serve that was already polled"),
+        assert!(
+            self.running.is_none(),
+            "with_graceful_shutdown called on a Serve that was already polled"
+        );
+        WithGracefulShutdown {
+            serve: self,
+            signal: Some(Box::pin(signal)),
         }
+    }
+
+    fn poll_with(
+        &mut self,
+        cx: &mut Context<'_>,
+        signal: impl FnOnce() -> BoxSignal,
+    ) -> Poll<Result<Summary, Error>> {
+        if let Some(start) = self.start.take() {
+            self.running = Some(start(signal()));
+        }
+        let running = self
+            .running
+            .as_mut()
+            .expect("Serve polled after completion");
+        let done = running.as_mut().poll(cx);
+        if done.is_ready() {
+            self.running = None;
+        }
+        done
     }
 }
 
-#[allow(private_bounds)]
-impl<F, L, M> Future for Serve<F, L, M>
-where
-    F: MakeTransport,
-    L: Source,
-    M: MakeConnService<F::ReadFrame, Service: FrameService<F::ReadFrame, F::WriteFrame>>,
-{
+impl Future for Serve {
     type Output = Result<Summary, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.get_mut().state.poll(cx, std::future::pending::<()>)
+        self.get_mut()
+            .poll_with(cx, || Box::pin(std::future::pending()))
     }
 }
 
 /// [`Serve`] with a graceful shutdown on a signal: from
 /// [`Serve::with_graceful_shutdown`]. A future, as [`Serve`].
 #[must_use = "a WithGracefulShutdown does nothing unless awaited or spawned"]
-pub struct WithGracefulShutdown<F: MakeTransport, L, M, G> {
-    state: State<F, L, M>,
-    signal: Option<G>,
+pub struct WithGracefulShutdown {
+    serve: Serve,
+    signal: Option<BoxSignal>,
 }
 
-// The fields are moved out or boxed, never pinned in place.
-impl<F: MakeTransport, L, M, G> Unpin for WithGracefulShutdown<F, L, M, G> {}
-
-impl<F: MakeTransport, L, M, G> fmt::Debug for WithGracefulShutdown<F, L, M, G> {
+impl fmt::Debug for WithGracefulShutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("WithGracefulShutdown")
+            .field("serve", &self.serve)
             .finish_non_exhaustive()
     }
 }
 
-#[allow(private_bounds)]
-impl<F, L, M, G> Future for WithGracefulShutdown<F, L, M, G>
-where
-    F: MakeTransport,
-    L: Source,
-    M: MakeConnService<F::ReadFrame, Service: FrameService<F::ReadFrame, F::WriteFrame>>,
-    G: Future<Output = ()> + Send + 'static,
-{
+impl Future for WithGracefulShutdown {
     type Output = Result<Summary, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
         let signal = &mut this.signal;
-        this.state
-            .poll(cx, || signal.take().expect("the signal is taken once"))
-    }
-}
-
-impl<F, L, M> State<F, L, M>
-where
-    F: MakeTransport,
-    L: Source,
-    M: MakeConnService<F::ReadFrame, Service: FrameService<F::ReadFrame, F::WriteFrame>>,
-{
-    fn poll<G>(
-        &mut self,
-        cx: &mut Context<'_>,
-        signal: impl FnOnce() -> G,
-    ) -> Poll<<Serve<F, L, M> as Future>::Output>
-    where
-        G: Future<Output = ()> + Send + 'static,
-    {
-        if let State::Idle(..) = self {
-            let State::Idle(server, make) = std::mem::replace(self, State::Taken) else {
-                unreachable!("checked just above")
-            };
-            *self = State::Running(Box::pin(run(server, make, signal())));
-        }
-        match self {
-            State::Running(fut) => {
-                let done = fut.as_mut().poll(cx);
-                if done.is_ready() {
-                    *self = State::Taken;
-                }
-                done
-            }
-            _ => panic!("Serve polled after completion"),
-        }
+        this.serve
+            .poll_with(cx, || signal.take().expect("the signal is taken once"))
     }
 }
 
 /// Starts the pool, serves until the signal or a [`Handle`](super::Handle)
 /// asks to stop, then drains.
-async fn run<F, L, M, G>(server: Server<F, L>, make: M, signal: G) -> Result<Summary, Error>
+pub(super) async fn run<F, L, M, G>(
+    server: Server<F, L>,
+    make: M,
+    signal: G,
+) -> Result<Summary, Error>
 where
     F: MakeTransport,
     L: Source,

@@ -1,0 +1,182 @@
+//! HTTP (hyper, an axum `Router`) over the instance pool, over named pipes on
+//! Windows and Unix domain sockets on Unix: HTTP/1.1 and HTTP/2 on the same
+//! pipe, more clients than instances, a graceful shutdown with a slow request
+//! in flight, a client that vanishes mid-request.
+#![cfg(feature = "hyper")]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::{
+    body::Bytes,
+    routing::{get, post},
+    Extension, Json, Router,
+};
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode, Version};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use pipeserve::{client::Connector, ConnectionInfo, Server, Summary};
+use tokio::{sync::oneshot, task::JoinHandle};
+
+fn app() -> Router {
+    Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/echo", post(|body: Bytes| async move { body }))
+        .route(
+            "/whoami",
+            get(|Extension(info): Extension<ConnectionInfo>| async move {
+                Json(serde_json::json!({ "pid": info.client_pid(), "id": info.id() }))
+            }),
+        )
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "slow"
+            }),
+        )
+}
+
+struct Http {
+    name: String,
+    handle: pipeserve::Handle,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<Summary, pipeserve::Error>>,
+}
+
+fn start(tag: &str, instances: usize) -> Http {
+    let name = unique_name(tag);
+    let server = Server::builder().instances(instances).bind(&name).unwrap();
+    let handle = server.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(pipeserve::hyper::serve(server, app()).with_graceful_shutdown(
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Http {
+        name,
+        handle,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Http {
+    fn client(&self, http2: bool) -> Client<Connector, Full<Bytes>> {
+        let connector = Connector::new(&self.name)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(60));
+        Client::builder(TokioExecutor::new())
+            .http2_only(http2)
+            .build(connector)
+    }
+
+    async fn stop(mut self) -> Summary {
+        let _ = self.stop.take().unwrap().send(());
+        within(30, self.task).await.unwrap().unwrap()
+    }
+}
+
+async fn get_text(client: &Client<Connector, Full<Bytes>>, path: &str) -> (StatusCode, Version, String) {
+    let response = client
+        .get(format!("http://localhost{path}").parse().unwrap())
+        .await
+        .unwrap();
+    let (status, version) = (response.status(), response.version());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, version, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_axum_router_answers_http1_and_http2_on_the_same_pipe() {
+    within(60, async {
+        let server = start("http-versions", 2);
+        for http2 in [false, true] {
+            let client = server.client(http2);
+            let expected = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+            assert_eq!(
+                get_text(&client, "/health").await,
+                (StatusCode::OK, expected, "ok".to_owned())
+            );
+            let body = payload(5, 200_000);
+            let echo = Request::post("http://localhost/echo")
+                .body(Full::new(body.clone()))
+                .unwrap();
+            let response = client.request(echo).await.unwrap();
+            assert_eq!(response.version(), expected);
+            assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), body);
+            let (status, _, whoami) = get_text(&client, "/whoami").await;
+            assert_eq!(status, StatusCode::OK);
+            let whoami: serde_json::Value = serde_json::from_str(&whoami).unwrap();
+            assert_eq!(whoami["pid"], std::process::id());
+        }
+        let summary = server.stop().await;
+        assert_eq!(summary.requests, 6);
+        assert_eq!(summary.cut, 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_concurrent_http_clients_than_instances_are_all_served() {
+    within(120, async {
+        let server = start("http-many", 2);
+        let clients: Vec<_> = (0..8)
+            .map(|c| {
+                let client = server.client(c % 2 == 1);
+                tokio::spawn(async move {
+                    for _ in 0..3 {
+                        let (status, _, body) = get_text(&client, "/health").await;
+                        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.await.unwrap();
+        }
+        let summary = server.stop().await;
+        assert_eq!(summary.requests, 24);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_shutdown_lets_the_slow_request_in_flight_finish() {
+    within(60, async {
+        let server = start("http-drain", 2);
+        let client = server.client(false);
+        let slow = tokio::spawn(async move { get_text(&client, "/slow").await });
+        while server.handle.stats().requests == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let summary = server.stop().await;
+        let (status, _, body) = slow.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "slow"));
+        assert_eq!((summary.requests, summary.cut), (1, 0));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_mid_request_leaves_the_server_serving_others() {
+    within(60, async {
+        let server = start("http-vanish", 1);
+        {
+            let client = server.client(false);
+            let slow = get_text(&client, "/slow");
+            assert!(tokio::time::timeout(Duration::from_millis(100), slow)
+                .await
+                .is_err());
+        }
+        let client = server.client(false);
+        let (status, _, body) = get_text(&client, "/health").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+        drop(client);
+        server.stop().await;
+    })
+    .await
+}
