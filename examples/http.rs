@@ -147,10 +147,21 @@ async fn client(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     let health = client.get("http://localhost/health".parse()?).await?;
     let status = health.status();
     let body = health.into_body().collect().await?.to_bytes();
-    println!("health: {} {}", status.as_u16(), String::from_utf8_lossy(&body));
+    println!(
+        "health: {} {}",
+        status.as_u16(),
+        String::from_utf8_lossy(&body)
+    );
 
-    let echo = hyper::Request::post("http://localhost/echo").body(Full::new(Bytes::from("hello")))?;
-    let body = client.request(echo).await?.into_body().collect().await?.to_bytes();
+    let echo =
+        hyper::Request::post("http://localhost/echo").body(Full::new(Bytes::from("hello")))?;
+    let body = client
+        .request(echo)
+        .await?
+        .into_body()
+        .collect()
+        .await?
+        .to_bytes();
     println!("echo: {}", String::from_utf8_lossy(&body));
 
     let whoami = client.get("http://localhost/whoami".parse()?).await?;

@@ -53,7 +53,7 @@ use tracing::{debug, info};
 
 use crate::{
     codec::MakeTransport,
-    server::{Counters, ConnectionInfo, Serve, Server, Source, Summary},
+    server::{ConnectionInfo, Counters, Serve, Server, Source, Summary},
     BoxError, Error,
 };
 
@@ -72,10 +72,7 @@ pub fn serve<F, L, S, B>(server: Server<F, L>, svc: S) -> Serve
 where
     F: MakeTransport,
     L: Source,
-    S: Service<Request<::hyper::body::Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<::hyper::body::Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,
@@ -89,10 +86,7 @@ async fn run<F, L, S, B, G>(server: Server<F, L>, svc: S, signal: G) -> Result<S
 where
     F: MakeTransport,
     L: Source,
-    S: Service<Request<::hyper::body::Incoming>, Response = Response<B>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<Request<::hyper::body::Incoming>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Body + Send + 'static,

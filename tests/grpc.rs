@@ -142,7 +142,11 @@ async fn unary_and_server_streaming_calls_over_the_pipe_know_the_clients_pid() {
         assert_eq!(reply.payload, payload);
         assert_eq!(reply.client_pid, std::process::id());
 
-        let mut counted = echo.count(CountRequest { n: 50 }).await.unwrap().into_inner();
+        let mut counted = echo
+            .count(CountRequest { n: 50 })
+            .await
+            .unwrap()
+            .into_inner();
         let mut seen = Vec::new();
         while let Some(reply) = counted.message().await.unwrap() {
             seen.push(reply.i);
@@ -197,7 +201,11 @@ async fn a_graceful_shutdown_in_the_middle_of_a_stream_loses_no_message() {
     within(60, async {
         let server = start("grpc-drain", 2);
         let mut echo = EchoClient::new(server.channel().await);
-        let mut counted = echo.count(CountRequest { n: 40 }).await.unwrap().into_inner();
+        let mut counted = echo
+            .count(CountRequest { n: 40 })
+            .await
+            .unwrap()
+            .into_inner();
         let mut seen = Vec::new();
         while seen.len() < 5 {
             seen.push(counted.message().await.unwrap().unwrap().i);

@@ -51,11 +51,11 @@ fn start(tag: &str, instances: usize) -> Http {
     let server = Server::builder().instances(instances).bind(&name).unwrap();
     let handle = server.handle();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(pipeserve::hyper::serve(server, app()).with_graceful_shutdown(
-        async {
+    let task = tokio::spawn(
+        pipeserve::hyper::serve(server, app()).with_graceful_shutdown(async {
             let _ = stopped.await;
-        },
-    ));
+        }),
+    );
     Http {
         name,
         handle,
@@ -80,7 +80,10 @@ impl Http {
     }
 }
 
-async fn get_text(client: &Client<Connector, Full<Bytes>>, path: &str) -> (StatusCode, Version, String) {
+async fn get_text(
+    client: &Client<Connector, Full<Bytes>>,
+    path: &str,
+) -> (StatusCode, Version, String) {
     let response = client
         .get(format!("http://localhost{path}").parse().unwrap())
         .await
@@ -96,7 +99,11 @@ async fn an_axum_router_answers_http1_and_http2_on_the_same_pipe() {
         let server = start("http-versions", 2);
         for http2 in [false, true] {
             let client = server.client(http2);
-            let expected = if http2 { Version::HTTP_2 } else { Version::HTTP_11 };
+            let expected = if http2 {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
             assert_eq!(
                 get_text(&client, "/health").await,
                 (StatusCode::OK, expected, "ok".to_owned())
@@ -107,7 +114,10 @@ async fn an_axum_router_answers_http1_and_http2_on_the_same_pipe() {
                 .unwrap();
             let response = client.request(echo).await.unwrap();
             assert_eq!(response.version(), expected);
-            assert_eq!(response.into_body().collect().await.unwrap().to_bytes(), body);
+            assert_eq!(
+                response.into_body().collect().await.unwrap().to_bytes(),
+                body
+            );
             let (status, _, whoami) = get_text(&client, "/whoami").await;
             assert_eq!(status, StatusCode::OK);
             let whoami: serde_json::Value = serde_json::from_str(&whoami).unwrap();

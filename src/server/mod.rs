@@ -26,8 +26,8 @@ pub use listen::{Accept, AcceptListener, PipeListener, Source};
 pub use serve::{FrameService, Serve, WithGracefulShutdown};
 pub use stats::{Stats, Summary};
 
-pub(crate) use self::stats::Counters;
 use self::conn::{CloneService, ConnConfig, MakeWith};
+pub(crate) use self::stats::Counters;
 use crate::{
     codec::{BuiltinFraming, MakeTransport},
     error::BoxError,
