@@ -51,6 +51,7 @@ use tokio::task::JoinSet;
 use tower_service::Service;
 use tracing::{debug, info};
 
+pub use crate::client::Connector;
 use crate::{
     codec::MakeTransport,
     server::{ConnectionInfo, Counters, Serve, Server, Source, Summary},

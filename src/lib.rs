@@ -88,8 +88,17 @@
 //!
 //! # Features
 //!
+//! - `tonic`: gRPC over the pool. [`Connection`](server::Connection)
+//!   implements tonic's `Connected`, so `serve_with_incoming` takes
+//!   [`Server::into_incoming`]; a `client::Connector` for
+//!   `Endpoint::connect_with_connector`. See the `pipeserve::tonic` module.
+//! - `hyper`: HTTP/1.1 and HTTP/2 over the pool: `pipeserve::hyper::serve`
+//!   serves any tower service of HTTP requests (an axum `Router`); a
+//!   `client::Connector` for hyper-util's client.
 //! - `test-util`: process measurements for pipeserve's own tests and
 //!   benchmarks (handles, memory, a child's CPU time). Not a stable API.
+//!
+//! The default build depends on neither hyper nor tonic.
 #![warn(
     missing_docs,
     missing_debug_implementations,

@@ -1,0 +1,397 @@
+//! gRPC over pipeserve's pool against tonic over the incoming stream a user
+//! would write by hand: tonic's own `UnixListener` stream on Unix, and on
+//! Windows the one-listener pipe loop (create an instance, wait for a
+//! client, hand it out, create the next) that tonic users hand-roll.
+//!
+//! ```text
+//! cargo run --release --example bench_grpc --features tonic -- [--rounds R] [--duration-ms MS] [--callers N]
+//! cargo run --release --example bench_grpc --features tonic -- --serve pipeserve|baseline --name NAME
+//! ```
+//!
+//! Both servers run the same tonic Echo service in a child process; the same
+//! client drives both, alternating, `--rounds` times: `--callers` concurrent
+//! callers, each on its own connection (its own `Channel`), making unary
+//! 64-byte Echo calls for `--duration-ms`. Printed: calls per second, server
+//! CPU per call, and how often a caller's connect found the server busy (or
+//! not listening) and retried; then the median ratio pipeserve / baseline.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use hyper_util::rt::TokioIo;
+use pipeserve::test_util::child_usage;
+use tonic::{
+    transport::{Endpoint, Server},
+    Request, Response, Status,
+};
+
+/// The code generated from `proto/echo.proto`.
+#[allow(dead_code, clippy::all)]
+mod echo {
+    include!("../proto/pipeserve.echo.rs");
+}
+
+use echo::{
+    echo_client::EchoClient,
+    echo_server::{Echo, EchoServer},
+    CountReply, CountRequest, EchoReply, EchoRequest,
+};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+struct EchoService;
+
+#[tonic::async_trait]
+impl Echo for EchoService {
+    async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoReply>, Status> {
+        Ok(Response::new(EchoReply {
+            payload: request.into_inner().payload,
+            client_pid: 0,
+        }))
+    }
+
+    type CountStream = futures_util::stream::Empty<Result<CountReply, Status>>;
+
+    async fn count(&self, _: Request<CountRequest>) -> Result<Response<Self::CountStream>, Status> {
+        Ok(Response::new(futures_util::stream::empty()))
+    }
+}
+
+struct Options {
+    rounds: usize,
+    duration: Duration,
+    callers: usize,
+}
+
+fn parse() -> Result<Options, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut o = Options {
+        rounds: 5,
+        duration: Duration::from_millis(1000),
+        callers: 16,
+    };
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("rounds") => o.rounds = parser.value()?.parse()?,
+            Long("duration-ms") => o.duration = Duration::from_millis(parser.value()?.parse()?),
+            Long("callers") => o.callers = parser.value()?.parse()?,
+            Long("quick") => {
+                o.rounds = 1;
+                o.duration = Duration::from_millis(300);
+            }
+            Short('h') | Long("help") => {
+                println!("usage: bench_grpc [--rounds R] [--duration-ms MS] [--callers N] [--quick]");
+                std::process::exit(0);
+            }
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(o)
+}
+
+fn main() -> Result<(), BoxError> {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Runtime::new()?;
+    if args.get(1).map(String::as_str) == Some("--serve") {
+        let (kind, name, instances) = (&args[2], &args[4], args[6].parse()?);
+        return rt.block_on(serve(kind, name, instances));
+    }
+    let o = parse().unwrap_or_else(|e| {
+        eprintln!("bench_grpc: {e}");
+        std::process::exit(2);
+    });
+    rt.block_on(drive(o))
+}
+
+/// A server under test, in a child process.
+struct ServerProcess {
+    child: Child,
+    address: String,
+}
+
+impl ServerProcess {
+    fn spawn(kind: &str, instances: usize) -> ServerProcess {
+        let name = format!("pipeserve-bench-grpc-{kind}-{}", std::process::id());
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--serve", kind, "--name", &name, "--instances", &instances.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the server");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let address = loop {
+            let line = lines.next().expect("the server exited").unwrap();
+            if let Some(address) = line.trim().strip_prefix("listening on ") {
+                break address.to_owned();
+            }
+        };
+        ServerProcess { child, address }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Round {
+    calls_per_s: f64,
+    cpu_per_call: Duration,
+    busy: u64,
+}
+
+async fn drive(o: Options) -> Result<(), BoxError> {
+    let transport = if cfg!(windows) {
+        "named pipes (under Wine)"
+    } else {
+        "Unix sockets"
+    };
+    let baseline = if cfg!(windows) {
+        "one listening pipe instance at a time"
+    } else {
+        "tonic on its own UnixListener stream"
+    };
+    println!("# gRPC: tonic over pipeserve vs {baseline}, {transport}\n");
+    println!(
+        "{} callers, each its own connection, unary Echo of 64 B, {} x {} ms per server, alternating\n",
+        o.callers,
+        o.rounds,
+        o.duration.as_millis()
+    );
+    let kinds = ["baseline", "pipeserve"];
+    let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
+    for r in 0..o.rounds {
+        for k in 0..2 {
+            // Alternate which goes first.
+            let k = if r % 2 == 0 { k } else { 1 - k };
+            let server = ServerProcess::spawn(kinds[k], o.callers);
+            let round = measure(&server, o.callers, o.duration).await?;
+            rounds[k].push(round);
+        }
+    }
+    println!("| server | calls/s | server CPU per call | busy retries |");
+    println!("|---|---|---|---|");
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    for (k, kind) in kinds.iter().enumerate() {
+        let calls = median(rounds[k].iter().map(|r| r.calls_per_s).collect());
+        let cpu = median(rounds[k].iter().map(|r| r.cpu_per_call.as_secs_f64()).collect());
+        let busy: u64 = rounds[k].iter().map(|r| r.busy).sum();
+        println!("| {kind} | {calls:.0} | {:.1} us | {busy} |", cpu * 1e6);
+    }
+    let ratios: Vec<f64> = rounds[0]
+        .iter()
+        .zip(&rounds[1])
+        .map(|(b, p)| p.calls_per_s / b.calls_per_s)
+        .collect();
+    let cpu_ratios: Vec<f64> = rounds[0]
+        .iter()
+        .zip(&rounds[1])
+        .map(|(b, p)| p.cpu_per_call.as_secs_f64() / b.cpu_per_call.as_secs_f64())
+        .collect();
+    println!(
+        "\npipeserve / baseline (median of per-round ratios): calls/s {:.2}x, CPU per call {:.2}x",
+        median(ratios),
+        median(cpu_ratios)
+    );
+    Ok(())
+}
+
+async fn measure(server: &ServerProcess, callers: usize, duration: Duration) -> Result<Round, BoxError> {
+    let busy = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let before = child_usage(&server.child).expect("server CPU");
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (address, busy, calls) = (server.address.clone(), busy.clone(), calls.clone());
+            tokio::spawn(async move {
+                let connector = tower::service_fn(move |_: http::Uri| {
+                    let (address, busy) = (address.clone(), busy.clone());
+                    async move { connect(&address, &busy).await.map(TokioIo::new) }
+                });
+                let channel = Endpoint::from_static("http://localhost")
+                    .connect_with_connector(connector)
+                    .await?;
+                let mut echo = EchoClient::new(channel);
+                let payload = vec![7u8; 64];
+                while Instant::now() < deadline {
+                    echo.echo(EchoRequest {
+                        payload: payload.clone(),
+                    })
+                    .await?;
+                    calls.fetch_add(1, Relaxed);
+                }
+                Ok::<_, BoxError>(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = start.elapsed();
+    let after = child_usage(&server.child).expect("server CPU");
+    let calls = calls.load(Relaxed).max(1);
+    Ok(Round {
+        calls_per_s: calls as f64 / elapsed.as_secs_f64(),
+        cpu_per_call: (after.cpu - before.cpu) / calls as u32,
+        busy: busy.load(Relaxed),
+    })
+}
+
+/// One connection, retrying (and counting) "busy" and "not there yet".
+#[cfg(unix)]
+async fn connect(address: &str, busy: &AtomicU64) -> std::io::Result<tokio::net::UnixStream> {
+    loop {
+        match tokio::net::UnixStream::connect(address).await {
+            Ok(io) => return Ok(io),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionRefused) => {
+                busy.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One connection, retrying (and counting) "busy" and "not there yet".
+#[cfg(windows)]
+async fn connect(
+    address: &str,
+    busy: &AtomicU64,
+) -> std::io::Result<tokio::net::windows::named_pipe::NamedPipeClient> {
+    const ERROR_PIPE_BUSY: i32 = 231;
+    loop {
+        match tokio::net::windows::named_pipe::ClientOptions::new().open(address) {
+            Ok(io) => return Ok(io),
+            Err(e)
+                if e.raw_os_error() == Some(ERROR_PIPE_BUSY)
+                    || e.kind() == std::io::ErrorKind::NotFound =>
+            {
+                busy.fetch_add(1, Relaxed);
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn announce(address: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "listening on {address}").unwrap();
+    out.flush().unwrap();
+}
+
+async fn serve(kind: &str, name: &str, instances: usize) -> Result<(), BoxError> {
+    let service = Server::builder().add_service(EchoServer::new(EchoService));
+    match kind {
+        "pipeserve" => {
+            let pipe = pipeserve::Server::builder().instances(instances).bind(name)?;
+            announce(&pipe.local_addr().to_string());
+            service.serve_with_incoming(pipe.into_incoming()).await?;
+        }
+        "baseline" => {
+            let path = pipeserve::Address::new(name)?.as_path().to_owned();
+            baseline(service, &path).await?;
+        }
+        other => return Err(format!("unknown server {other:?}").into()),
+    }
+    Ok(())
+}
+
+/// tonic on its own `UnixListener` stream (`UnixStream` is `Connected`).
+#[cfg(unix)]
+async fn baseline(
+    service: tonic::transport::server::Router,
+    path: &std::path::Path,
+) -> Result<(), BoxError> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    announce(&path.display().to_string());
+    let incoming = futures_util::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    });
+    service.serve_with_incoming(incoming).await?;
+    Ok(())
+}
+
+/// The one-listener pipe loop tonic users hand-roll: one instance listens;
+/// once a client is in, the next instance is created.
+#[cfg(windows)]
+async fn baseline(
+    service: tonic::transport::server::Router,
+    path: &std::path::Path,
+) -> Result<(), BoxError> {
+    use tokio::net::windows::named_pipe::{NamedPipeServer, ServerOptions};
+
+    /// tonic wants its `Connected` on the I/O type: a newtype.
+    struct Pipe(NamedPipeServer);
+
+    impl tonic::transport::server::Connected for Pipe {
+        type ConnectInfo = ();
+        fn connect_info(&self) {}
+    }
+
+    impl tokio::io::AsyncRead for Pipe {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl tokio::io::AsyncWrite for Pipe {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    let first = ServerOptions::new().first_pipe_instance(true).create(path)?;
+    announce(&path.display().to_string());
+    let path = path.to_owned();
+    let incoming = futures_util::stream::unfold(first, move |listening| {
+        let path = path.clone();
+        async move {
+            if let Err(e) = listening.connect().await {
+                return Some((Err(e), ServerOptions::new().create(&path).ok()?));
+            }
+            let next = ServerOptions::new().create(&path).ok()?;
+            Some((Ok(Pipe(listening)), next))
+        }
+    });
+    service.serve_with_incoming(incoming).await?;
+    Ok(())
+}
