@@ -88,7 +88,9 @@ fn parse() -> Result<Options, lexopt::Error> {
                 o.duration = Duration::from_millis(300);
             }
             Short('h') | Long("help") => {
-                println!("usage: bench_grpc [--rounds R] [--duration-ms MS] [--callers N] [--quick]");
+                println!(
+                    "usage: bench_grpc [--rounds R] [--duration-ms MS] [--callers N] [--quick]"
+                );
                 std::process::exit(0);
             }
             _ => return Err(arg.unexpected()),
@@ -121,7 +123,14 @@ impl ServerProcess {
     fn spawn(kind: &str, instances: usize) -> ServerProcess {
         let name = format!("pipeserve-bench-grpc-{kind}-{}", std::process::id());
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--serve", kind, "--name", &name, "--instances", &instances.to_string()])
+            .args([
+                "--serve",
+                kind,
+                "--name",
+                &name,
+                "--instances",
+                &instances.to_string(),
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the server");
@@ -186,7 +195,12 @@ async fn drive(o: Options) -> Result<(), BoxError> {
     };
     for (k, kind) in kinds.iter().enumerate() {
         let calls = median(rounds[k].iter().map(|r| r.calls_per_s).collect());
-        let cpu = median(rounds[k].iter().map(|r| r.cpu_per_call.as_secs_f64()).collect());
+        let cpu = median(
+            rounds[k]
+                .iter()
+                .map(|r| r.cpu_per_call.as_secs_f64())
+                .collect(),
+        );
         let busy: u64 = rounds[k].iter().map(|r| r.busy).sum();
         println!("| {kind} | {calls:.0} | {:.1} us | {busy} |", cpu * 1e6);
     }
@@ -208,7 +222,11 @@ async fn drive(o: Options) -> Result<(), BoxError> {
     Ok(())
 }
 
-async fn measure(server: &ServerProcess, callers: usize, duration: Duration) -> Result<Round, BoxError> {
+async fn measure(
+    server: &ServerProcess,
+    callers: usize,
+    duration: Duration,
+) -> Result<Round, BoxError> {
     let busy = Arc::new(AtomicU64::new(0));
     let calls = Arc::new(AtomicU64::new(0));
     let before = child_usage(&server.child).expect("server CPU");
@@ -257,7 +275,12 @@ async fn connect(address: &str, busy: &AtomicU64) -> std::io::Result<tokio::net:
     loop {
         match tokio::net::UnixStream::connect(address).await {
             Ok(io) => return Ok(io),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionRefused) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
                 busy.fetch_add(1, Relaxed);
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
@@ -298,7 +321,9 @@ async fn serve(kind: &str, name: &str, instances: usize) -> Result<(), BoxError>
     let service = Server::builder().add_service(EchoServer::new(EchoService));
     match kind {
         "pipeserve" => {
-            let pipe = pipeserve::Server::builder().instances(instances).bind(name)?;
+            let pipe = pipeserve::Server::builder()
+                .instances(instances)
+                .bind(name)?;
             announce(&pipe.local_addr().to_string());
             service.serve_with_incoming(pipe.into_incoming()).await?;
         }
@@ -379,7 +404,9 @@ async fn baseline(
         }
     }
 
-    let first = ServerOptions::new().first_pipe_instance(true).create(path)?;
+    let first = ServerOptions::new()
+        .first_pipe_instance(true)
+        .create(path)?;
     announce(&path.display().to_string());
     let path = path.to_owned();
     let incoming = futures_util::stream::unfold(first, move |listening| {

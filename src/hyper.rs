@@ -1,6 +1,7 @@
-//! HTTP over the instance pool (feature `hyper`): any hyper or tower service,
-//! such as an axum `Router`, served on the pool's connections, HTTP/1.1 and
-//! HTTP/2 on the same pipe.
+//! HTTP over the instance pool (feature `hyper`): any tower service of HTTP
+//! requests, such as an axum `Router`, or a hyper service wrapped in
+//! [`HyperService`], served on the pool's connections, HTTP/1.1 and HTTP/2
+//! on the same pipe.
 //!
 //! # The protocol
 //!
@@ -149,6 +150,44 @@ where
         "shut down"
     );
     Ok(summary)
+}
+
+/// A hyper service (`hyper::service::Service`, such as hyper's
+/// `service_fn`) as the tower service [`serve`] takes.
+///
+/// # Examples
+///
+/// ```no_run
+/// use http_body_util::Full;
+/// use hyper::{body::Bytes, service::service_fn, Response};
+/// use std::convert::Infallible;
+///
+/// # async fn run(server: pipeserve::Server) -> Result<(), pipeserve::Error> {
+/// let hello = service_fn(|_req| async {
+///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
+/// });
+/// pipeserve::hyper::serve(server, pipeserve::hyper::HyperService(hello)).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct HyperService<S>(pub S);
+
+impl<S, R> Service<R> for HyperService<S>
+where
+    S: ::hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    /// Always ready: hyper services have no readiness.
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        self.0.call(req)
+    }
 }
 
 /// Puts the connection's [`ConnectionInfo`] into every request, and counts

@@ -190,3 +190,35 @@ async fn a_client_that_vanishes_mid_request_leaves_the_server_serving_others() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_hyper_service_is_served_too_and_sees_its_connection_info() {
+    within(60, async {
+        let name = unique_name("http-hyper");
+        let server = Server::builder().instances(1).bind(&name).unwrap();
+        let handle = server.handle();
+        let hello = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            let pid = req
+                .extensions()
+                .get::<ConnectionInfo>()
+                .and_then(|i| i.client_pid());
+            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(
+                format!("hello {pid:?}"),
+            ))))
+        });
+        let serving = tokio::spawn(pipeserve::hyper::serve(
+            server,
+            pipeserve::hyper::HyperService(hello),
+        ));
+        let client: Client<Connector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(Connector::new(&name).unwrap());
+        let (status, _, body) = get_text(&client, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, format!("hello Some({})", std::process::id()));
+        drop(client);
+        handle.shutdown();
+        let summary = serving.await.unwrap().unwrap();
+        assert_eq!(summary.requests, 1);
+    })
+    .await
+}
