@@ -20,7 +20,7 @@
 //! (HTTP/1.1 connections close after their current response, HTTP/2 ones get
 //! a `GOAWAY`), and cuts what is still open at the drain timeout.
 //!
-//! Clients: hyper-util's client with a [`Connector`](crate::client::Connector)
+//! Clients: hyper-util's client with a [`Connector`]
 //! calls `http://localhost/path` over the pipe.
 //!
 //! # Examples
