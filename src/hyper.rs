@@ -18,7 +18,11 @@
 //!
 //! A graceful shutdown stops accepting, lets every request in flight finish
 //! (HTTP/1.1 connections close after their current response, HTTP/2 ones get
-//! a `GOAWAY`), and cuts what is still open at the drain timeout.
+//! a `GOAWAY`), and closes the connections still open at the drain timeout.
+//! Two kinds of work outlive that cut, as they do in hyper: HTTP/2 requests
+//! (hyper spawns them onto the runtime) run to their end, and an upgraded
+//! connection (a WebSocket, say) leaves hyper's connection with its I/O and
+//! holds its instance until it is dropped.
 //!
 //! Clients: hyper-util's client with a [`Connector`]
 //! calls `http://localhost/path` over the pipe.
@@ -44,13 +48,13 @@ use std::{
 
 use ::hyper::{body::Body, Request, Response};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::task::JoinSet;
+use tokio::{task::JoinSet, time::Instant};
 use tower_service::Service;
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 pub use crate::client::Connector;
 use crate::{
@@ -64,6 +68,11 @@ use crate::{
 /// [`with_graceful_shutdown`](Serve::with_graceful_shutdown) as for framed
 /// serving. The builder's framing, frame limits and idle/write timeouts do
 /// not apply; its instances, pipe options, linger and drain timeout do.
+///
+/// Connections are served by hyper-util's automatic builder with tokio's
+/// timer, so hyper's own timeouts work: a client that opens a connection
+/// and sends no request headers within 30 s is closed (hyper's
+/// `header_read_timeout`). [`serve_with`] takes a builder of your own.
 ///
 /// The [`Summary`] counts connections and requests (handed to the service).
 ///
@@ -81,10 +90,55 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    Serve::new(move |signal| run(server, svc, signal))
+    let mut http = auto::Builder::new(TokioExecutor::new());
+    http.http1().timer(TokioTimer::new());
+    http.http2().timer(TokioTimer::new());
+    serve_with(server, http, svc)
 }
 
-async fn run<F, L, S, B, G>(server: Server<F, L>, svc: S, signal: G) -> Result<Summary, Error>
+/// [`serve`] with hyper-util's connection builder of your choice: HTTP/1 and
+/// HTTP/2 options, timeouts (set a timer for them to take effect), header
+/// limits.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use hyper_util::{rt::{TokioExecutor, TokioTimer}, server::conn::auto};
+///
+/// # async fn run(server: pipeserve::Server, app: axum::Router) -> Result<(), pipeserve::Error> {
+/// let mut http = auto::Builder::new(TokioExecutor::new());
+/// http.http1()
+///     .timer(TokioTimer::new())
+///     .header_read_timeout(Duration::from_secs(5));
+/// http.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
+/// pipeserve::hyper::serve_with(server, http, app).await?;
+/// # Ok(()) }
+/// ```
+pub fn serve_with<F, L, S, B>(
+    server: Server<F, L>,
+    http: auto::Builder<TokioExecutor>,
+    svc: S,
+) -> Serve
+where
+    F: MakeTransport,
+    L: Source,
+    S: Service<Request<::hyper::body::Incoming>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    Serve::new(move |signal| run(server, http, svc, signal))
+}
+
+async fn run<F, L, S, B, G>(
+    server: Server<F, L>,
+    http: auto::Builder<TokioExecutor>,
+    svc: S,
+    signal: G,
+) -> Result<Summary, Error>
 where
     F: MakeTransport,
     L: Source,
@@ -99,7 +153,8 @@ where
     let drain_timeout = server.drain_timeout();
     let counters = server.counters();
     let mut incoming = server.into_incoming();
-    let http = auto::Builder::new(TokioExecutor::new());
+    // Dropping the `Serve` stops everything at once, as for framed serving.
+    incoming.abort_on_drop();
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(signal);
@@ -110,7 +165,10 @@ where
                 None => break,
             },
             () = &mut signal => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                count_panic(done, &counters);
+                continue;
+            }
         };
         let svc = WithInfo {
             inner: svc.clone(),
@@ -127,21 +185,33 @@ where
             }
         });
     }
-    // Stop accepting: the instances stop listening, connections go on.
-    drop(incoming);
     info!("shutting down");
-    let drained = async {
+    // Every connection finishes its requests in flight (HTTP/1.1 closes
+    // after the response, HTTP/2 gets a GOAWAY), until the drain deadline;
+    // then what remains is closed, and the pool waits (within the same
+    // deadline) for each client to close before disconnecting its pipe.
+    let deadline = Instant::now() + drain_timeout;
+    let graceful = async {
         graceful.shutdown().await;
-        while connections.join_next().await.is_some() {}
-    };
-    let cut = match tokio::time::timeout(drain_timeout, drained).await {
-        Ok(()) => 0,
-        Err(_) => {
-            let cut = connections.len() as u64;
-            connections.shutdown().await;
-            cut
+        while let Some(done) = connections.join_next().await {
+            count_panic(done, &counters);
         }
     };
+    let aborted = match tokio::time::timeout_at(deadline, graceful).await {
+        Ok(()) => 0,
+        Err(_) => {
+            while let Some(done) = connections.try_join_next() {
+                count_panic(done, &counters);
+            }
+            let running = connections.len() as u64;
+            connections.shutdown().await;
+            running
+        }
+    };
+    // The connections closed at the deadline: those hyper was still serving,
+    // or those whose clients had not closed yet (whichever is more; an
+    // aborted connection may be both).
+    let cut = aborted.max(incoming.drain(deadline).await);
     let summary = counters.summary(cut);
     info!(
         connections = summary.connections,
@@ -150,6 +220,16 @@ where
         "shut down"
     );
     Ok(summary)
+}
+
+/// Counts a connection task that panicked (hyper catches none).
+fn count_panic(done: Result<(), tokio::task::JoinError>, counters: &Counters) {
+    if let Err(e) = done {
+        if e.is_panic() {
+            counters.panics.fetch_add(1, Relaxed);
+            error!(panic = ?e, "an http connection panicked");
+        }
+    }
 }
 
 /// A hyper service (`hyper::service::Service`, such as hyper's

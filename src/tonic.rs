@@ -13,9 +13,11 @@
 //! once, the pipe has the builder's DACL, remote clients are refused, and a
 //! connection's pipe is disconnected only after its client has closed.
 //!
-//! tonic's own options (timeouts, concurrency, keep-alive) apply as usual;
-//! give it a `timeout`, since the framed server's idle timeout does not
-//! apply to connections handed out.
+//! tonic's own options (timeouts, concurrency, keep-alive) apply as usual.
+//! The framed server's idle timeout does not apply to connections handed
+//! out: bound how long a client may hold its instance with tonic's
+//! `max_connection_age` (a per-request `timeout` does not free an instance
+//! held by a client that sends nothing).
 //!
 //! # Calling
 //!

@@ -28,7 +28,7 @@ use echo::{
     CountReply, CountRequest, EchoReply, EchoRequest,
 };
 
-/// Echo, with a pause: `Echo` sleeps for a payload of "slow"; `Count`
+/// Echo, with pauses: `Echo` sleeps 20 s for a payload of "stall"; `Count`
 /// sleeps `PAUSE` between messages.
 struct TestEcho;
 
@@ -43,8 +43,8 @@ impl Echo for TestEcho {
             .and_then(ConnectionInfo::client_pid)
             .unwrap_or(0);
         let payload = request.into_inner().payload;
-        if payload == b"slow" {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+        if payload == b"stall" {
+            tokio::time::sleep(Duration::from_secs(20)).await;
         }
         Ok(Response::new(EchoReply {
             payload,
@@ -228,23 +228,28 @@ async fn a_client_that_vanishes_mid_call_leaves_the_server_serving_others() {
         let server = start("grpc-vanish", 1);
         {
             let mut echo = EchoClient::new(server.channel().await);
-            let slow = echo.echo(EchoRequest {
-                payload: b"slow".to_vec(),
+            let stall = echo.echo(EchoRequest {
+                payload: b"stall".to_vec(),
             });
             // Gone before its reply, with its connection.
-            assert!(tokio::time::timeout(Duration::from_millis(200), slow)
+            assert!(tokio::time::timeout(Duration::from_millis(200), stall)
                 .await
                 .is_err());
         }
-        let mut echo = EchoClient::new(server.channel().await);
-        let reply = echo
-            .echo(EchoRequest {
+        // The one instance is free again long before the 20 s handler would
+        // have ended: the connection went with its client.
+        let next = async {
+            let mut echo = EchoClient::new(server.channel().await);
+            echo.echo(EchoRequest {
                 payload: b"next".to_vec(),
             })
             .await
-            .unwrap();
+            .unwrap()
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(5), next)
+            .await
+            .expect("served while the vanished client's call would still run");
         assert_eq!(reply.into_inner().payload, b"next");
-        drop(echo);
         server.stop().await;
     })
     .await

@@ -37,6 +37,13 @@ fn app() -> Router {
                 "slow"
             }),
         )
+        .route(
+            "/stall",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                "stalled"
+            }),
+        )
 }
 
 struct Http {
@@ -47,8 +54,12 @@ struct Http {
 }
 
 fn start(tag: &str, instances: usize) -> Http {
+    start_with(tag, Server::builder().instances(instances))
+}
+
+fn start_with(tag: &str, builder: pipeserve::server::Builder) -> Http {
     let name = unique_name(tag);
-    let server = Server::builder().instances(instances).bind(&name).unwrap();
+    let server = builder.bind(&name).unwrap();
     let handle = server.handle();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(
@@ -177,13 +188,18 @@ async fn a_client_that_vanishes_mid_request_leaves_the_server_serving_others() {
         let server = start("http-vanish", 1);
         {
             let client = server.client(false);
-            let slow = get_text(&client, "/slow");
-            assert!(tokio::time::timeout(Duration::from_millis(100), slow)
+            let stall = get_text(&client, "/stall");
+            assert!(tokio::time::timeout(Duration::from_millis(100), stall)
                 .await
                 .is_err());
         }
+        // The one instance is free again long before the 20 s handler
+        // would have ended: the connection went with its client.
         let client = server.client(false);
-        let (status, _, body) = get_text(&client, "/health").await;
+        let (status, _, body) =
+            tokio::time::timeout(Duration::from_secs(5), get_text(&client, "/health"))
+                .await
+                .expect("served while the vanished client's handler would still run");
         assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
         drop(client);
         server.stop().await;
@@ -219,6 +235,75 @@ async fn a_plain_hyper_service_is_served_too_and_sees_its_connection_info() {
         handle.shutdown();
         let summary = serving.await.unwrap().unwrap();
         assert_eq!(summary.requests, 1);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_longer_than_the_drain_timeout_is_cut_and_counted_alone() {
+    within(60, async {
+        let server = start_with(
+            "http-cut",
+            Server::builder()
+                .instances(4)
+                .drain_timeout(Duration::from_millis(500)),
+        );
+        // Two clients done and gone, one stuck in a 20 s handler.
+        for _ in 0..2 {
+            let client = server.client(false);
+            assert_eq!(get_text(&client, "/health").await.0, StatusCode::OK);
+        }
+        let client = server.client(false);
+        let stuck =
+            tokio::spawn(
+                async move { client.get("http://localhost/stall".parse().unwrap()).await },
+            );
+        while server.handle.stats().requests < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let started = std::time::Instant::now();
+        let summary = server.stop().await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the drain waited for the handler"
+        );
+        assert_eq!(summary.cut, 1, "{summary:?}");
+        assert_eq!(summary.stats.active, 0, "{summary:?}");
+        assert!(
+            stuck.await.unwrap().is_err(),
+            "the cut request got no response"
+        );
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_serve_future_closes_the_pipe_at_once() {
+    within(60, async {
+        let name = unique_name("http-drop");
+        let server = Server::builder().instances(2).bind(&name).unwrap();
+        let serving = tokio::spawn(pipeserve::hyper::serve(server, app()));
+        let client: Client<Connector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(Connector::new(&name).unwrap());
+        assert_eq!(get_text(&client, "/health").await.0, StatusCode::OK);
+        serving.abort();
+        let _ = serving.await;
+        // Nobody listens on the name any more.
+        let gone = Connector::new(&name)
+            .unwrap()
+            .connect_timeout(Duration::from_millis(300));
+        let fresh: Client<Connector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(gone);
+        let refused = tokio::time::timeout(
+            Duration::from_secs(5),
+            fresh.get("http://localhost/health".parse().unwrap()),
+        )
+        .await
+        .expect("the connect gave up");
+        assert!(
+            refused.is_err(),
+            "served after the Serve future was dropped"
+        );
     })
     .await
 }

@@ -76,8 +76,13 @@ type IoOf<L> = <<L as sys::Listener>::Slot as sys::Slot>::Io;
 /// # Ok(()) }
 /// ```
 pub struct Incoming<L: Source = PipeListener> {
-    /// `None` once the stream has ended.
+    /// `None` once given up (drained, or dropped).
     pool: Option<Pool<L, Handout<L>>>,
+    /// Whether the stream has ended: the pool no longer accepts.
+    ended: bool,
+    /// Whether dropping it aborts the pool (a server that owns the stream,
+    /// as `hyper::serve`) instead of letting connections out live on.
+    abort_on_drop: bool,
     connections: mpsc::UnboundedReceiver<Connection<L>>,
     requested: Pin<Box<WaitForCancellationFutureOwned>>,
     handle: Handle,
@@ -94,6 +99,8 @@ impl<L: Source> Incoming<L> {
         let pool = Pool::start(server.listener, Handout { connections: tx }, shared);
         Incoming {
             pool: Some(pool),
+            ended: false,
+            abort_on_drop: false,
             connections,
             requested: Box::pin(server.requested.cancelled_owned()),
             handle,
@@ -116,23 +123,48 @@ impl<L: Source> Incoming<L> {
 
     /// Stops accepting; connections out live on.
     fn end(&mut self) {
-        if let Some(pool) = self.pool.take() {
-            info!(listener = %pool.describe(), "no longer accepting");
-            pool.detach();
+        if !self.ended {
+            self.ended = true;
+            if let Some(pool) = &self.pool {
+                info!(listener = %pool.describe(), "no longer accepting");
+                pool.stop_accepting();
+            }
         }
         // Connections not taken yet go back to their instances (dropping
         // one sends its I/O object home).
         self.connections.close();
         while self.connections.try_recv().is_ok() {}
     }
+
+    /// Makes dropping the stream abort the pool: every instance task ends
+    /// and every pipe closes at once, as when a `Serve` future is dropped.
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+    pub(crate) fn abort_on_drop(&mut self) {
+        self.abort_on_drop = true;
+    }
+
+    /// Ends the stream and waits for the connections handed out to come
+    /// back and close (their clients to read and close), until `deadline`;
+    /// then closes what remains. Returns how many were cut.
+    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
+    pub(crate) async fn drain(mut self, deadline: tokio::time::Instant) -> u64 {
+        self.end();
+        match self.pool.take() {
+            Some(pool) => pool.drain(deadline).await,
+            None => 0,
+        }
+    }
 }
 
 impl<L: Source> Incoming<L> {
     fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Option<Connection<L>>> {
-        let Some(pool) = &mut self.pool else {
-            // Ended: a connection that landed late goes back at once.
-            while self.connections.try_recv().is_ok() {}
-            return Poll::Ready(None);
+        let pool = match &mut self.pool {
+            Some(pool) if !self.ended => pool,
+            _ => {
+                // Ended: a connection that landed late goes back at once.
+                while self.connections.try_recv().is_ok() {}
+                return Poll::Ready(None);
+            }
         };
         let _ = pool.poll_watch(cx);
         if self.requested.as_mut().poll(cx).is_ready() {
@@ -158,6 +190,14 @@ impl<L: Source> Stream for Incoming<L> {
 impl<L: Source> Drop for Incoming<L> {
     fn drop(&mut self) {
         self.end();
+        if let Some(pool) = self.pool.take() {
+            if self.abort_on_drop {
+                // Dropping the pool's tasks aborts them.
+                drop(pool);
+            } else {
+                pool.detach();
+            }
+        }
         // An instance may be sending a connection right now, past the
         // channel's closed check: it lands after the drain above, and its
         // instance would wait for it forever. After `close`, `recv` waits

@@ -190,10 +190,9 @@ where
     }
 
     /// Shuts down gracefully: stops accepting, waits for the connections to
-    /// finish (their clients to read and close) until `timeout`, then closes
-    /// what remains. Returns how many connections were cut.
-    pub(crate) async fn drain(mut self, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
+    /// finish (their clients to read and close) until `deadline`, then
+    /// closes what remains. Returns how many connections were cut.
+    pub(crate) async fn drain(mut self, deadline: Instant) -> u64 {
         let _ = self.shared.drain_deadline.set(deadline);
         self.stop_accepting();
         loop {

@@ -41,11 +41,13 @@ type Start = Box<dyn FnOnce(BoxSignal) -> BoxServe + Send>;
 /// the HTTP integration's `serve`.
 ///
 /// A future: await it, or spawn it. It serves until dropped (which stops
-/// the server at once: every instance task is aborted and every pipe
-/// closed) or until [`Handle::shutdown`](super::Handle::shutdown) (a
-/// graceful shutdown); [`with_graceful_shutdown`](Serve::with_graceful_shutdown)
-/// adds a signal. It resolves to the [`Summary`] of what the server did.
-/// Nothing runs before the first poll, on the runtime that polls it.
+/// the server at once: every instance task and connection is aborted and
+/// every pipe closed; HTTP/2 requests that hyper spawned finish on their
+/// own) or until [`Handle::shutdown`](super::Handle::shutdown) (a graceful
+/// shutdown); [`with_graceful_shutdown`](Serve::with_graceful_shutdown) adds
+/// a signal. It resolves to the [`Summary`] of what the server did, once
+/// every connection has ended or the drain timeout cut it. Nothing runs
+/// before the first poll, on the runtime that polls it.
 ///
 /// # Errors
 ///
@@ -103,7 +105,7 @@ impl Serve {
         G: Future<Output = ()> + Send + 'static,
     {
         assert!(
-            self.running.is_none(),
+            self.start.is_some(),
             "with_graceful_shutdown called on a Serve that was already polled"
         );
         WithGracefulShutdown {
@@ -207,7 +209,9 @@ where
         }
     }
     info!(listener = %pool.describe(), "shutting down");
-    let cut = pool.drain(drain_timeout).await;
+    let cut = pool
+        .drain(tokio::time::Instant::now() + drain_timeout)
+        .await;
     let summary = counters.summary(cut);
     info!(
         connections = summary.connections,

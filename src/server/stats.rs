@@ -13,8 +13,9 @@ pub struct Stats {
     pub connections: u64,
     /// Connections open now.
     pub active: u64,
-    /// Replies written (framed serving only: the pool does not see the
-    /// requests on a [`Connection`](super::Connection)).
+    /// Replies written by framed serving; requests handed to the service by
+    /// `hyper::serve`. The pool does not see the requests on a
+    /// [`Connection`](super::Connection) handed out.
     pub requests: u64,
     /// Instances (accept slots) waiting for a client now.
     pub listening: u64,
