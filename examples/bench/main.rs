@@ -72,6 +72,10 @@ impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Killed, the server could not remove its socket file.
+        if cfg!(unix) {
+            let _ = std::fs::remove_file(&self.address);
+        }
     }
 }
 
