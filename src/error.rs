@@ -39,6 +39,8 @@ pub(crate) enum Kind {
     FrameTooLarge,
     /// Any other I/O error.
     Io,
+    /// The server is not who the client expected.
+    Identity,
 }
 
 impl Error {
@@ -75,6 +77,12 @@ impl Error {
             _ => Kind::Bind,
         };
         Error::new(kind).with(e)
+    }
+
+    /// Another I/O error, as it is.
+    #[cfg_attr(not(windows), allow(dead_code))]
+    pub(crate) fn io(e: io::Error) -> Self {
+        Error::new(Kind::Io).with(e)
     }
 
     /// Classifies an I/O error from a connection: frame errors, peer gone,
@@ -145,6 +153,14 @@ impl Error {
         self.kind == Kind::Io
     }
 
+    /// Whether a client refused its server: the user running the server end
+    /// is not the one expected, or could not be determined (see
+    /// [`server_identity`](crate::client::Builder::server_identity)).
+    /// Nothing was written to it.
+    pub fn is_identity(&self) -> bool {
+        self.kind == Kind::Identity
+    }
+
     fn description(&self) -> &'static str {
         match self.kind {
             Kind::Config => "invalid configuration",
@@ -156,6 +172,7 @@ impl Error {
             Kind::Frame => "invalid frame",
             Kind::FrameTooLarge => "frame too large",
             Kind::Io => "i/o error",
+            Kind::Identity => "server identity refused",
         }
     }
 }
@@ -199,6 +216,7 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         let kind = match e.kind {
             Kind::Config => io::ErrorKind::InvalidInput,
+            Kind::Identity => io::ErrorKind::PermissionDenied,
             Kind::AddrInUse => io::ErrorKind::AddrInUse,
             Kind::Timeout => io::ErrorKind::TimedOut,
             Kind::Closed => io::ErrorKind::UnexpectedEof,

@@ -105,7 +105,9 @@
     rust_2018_idioms,
     unreachable_pub
 )]
-// Every `unsafe` lives in `sys/windows.rs`, the one file that allows it.
+// Every `unsafe` lives in `sys/`: `sys/windows.rs` (pipes, security, tokens)
+// and one call in `sys/unix.rs` (who this process runs as); only those files
+// allow it.
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 
 pub mod client;
@@ -113,6 +115,7 @@ pub mod codec;
 mod error;
 #[cfg(feature = "hyper")]
 pub mod hyper;
+mod identity;
 mod name;
 pub mod server;
 mod sys;
@@ -123,5 +126,6 @@ pub mod tonic;
 
 pub use client::Client;
 pub use error::{BoxError, Error};
+pub use identity::User;
 pub use name::Address;
 pub use server::{ConnectionInfo, Handle, PipeMode, Server, Stats, Summary};

@@ -14,7 +14,10 @@ use crate::{sys, Error};
 /// | `\\.\pipe\other`         | taken as is             | rejected                               |
 /// | `/run/myapp/api.sock`    | rejected                | taken as is                            |
 ///
-/// A portable name is 1 to 200 bytes and contains no `/`, `\` or NUL. A
+/// A portable name is 1 to 200 bytes, contains no `/`, `\` or NUL, and is
+/// not `.` or `..`. A full pipe path names the local machine (`\\.\`) and has
+/// no `.` or `..` component: Windows resolves those, so a name could reach
+/// outside the pipe namespace. A
 /// socket path must fit `sockaddr_un` (at most 107 bytes on Linux, 103 on
 /// macOS).
 ///
@@ -43,12 +46,18 @@ impl Address {
     /// [`Error::is_config`] for an empty or too long name, one with a path
     /// separator or NUL, or a path of the other platform.
     pub fn new(name: &str) -> Result<Address, Error> {
+        Address::resolve(name, false)
+    }
+
+    /// As [`new`](Address::new), and on Windows `remote` allows a pipe on
+    /// another machine (`\\host\pipe\NAME`), which `new` refuses.
+    pub(crate) fn resolve(name: &str, remote: bool) -> Result<Address, Error> {
         if name.contains('\0') {
             return Err(Error::config(format!(
                 "invalid pipe name {name:?}: contains NUL"
             )));
         }
-        if let Some(path) = sys::full_path(name).map_err(Error::from_sys)? {
+        if let Some(path) = sys::full_path(name, remote).map_err(Error::from_sys)? {
             return Ok(Address(path));
         }
         if name.is_empty() {
@@ -58,6 +67,11 @@ impl Address {
             return Err(Error::config(format!(
                 "invalid pipe name: {} bytes, at most {MAX_NAME_LEN}",
                 name.len()
+            )));
+        }
+        if name == "." || name == ".." {
+            return Err(Error::config(format!(
+                "invalid pipe name {name:?}: '.' and '..' are refused"
             )));
         }
         if name.contains(['/', '\\']) {

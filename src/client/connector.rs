@@ -17,7 +17,7 @@ use hyper_util::{
 };
 use tower_service::Service;
 
-use super::connect;
+use super::connect::{self, ConnectOptions, ServerIdentity};
 use crate::{sys, Address, Error};
 
 /// Connects hyper-util's and tonic's clients to a pipe (or Unix socket)
@@ -44,20 +44,23 @@ use crate::{sys, Address, Error};
 #[derive(Clone)]
 pub struct Connector {
     address: Address,
-    timeout: Duration,
+    opts: ConnectOptions,
 }
 
 impl fmt::Debug for Connector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connector")
             .field("address", &self.address)
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.opts.timeout)
+            .field("server_identity", &self.opts.server)
             .finish()
     }
 }
 
 impl Connector {
-    /// A connector to `name` (see [`Address`]), with a 5 s connect timeout.
+    /// A connector to `name` (see [`Address`]), with a 5 s connect timeout,
+    /// expecting the server to run as this process's user (see
+    /// [`server_identity`](Connector::server_identity)).
     ///
     /// # Errors
     ///
@@ -65,14 +68,27 @@ impl Connector {
     pub fn new(name: &str) -> Result<Connector, Error> {
         Ok(Connector {
             address: Address::new(name)?,
-            timeout: Duration::from_secs(5),
+            opts: ConnectOptions {
+                message_mode: false,
+                timeout: Duration::from_secs(5),
+                impersonation: false,
+                server: ServerIdentity::default(),
+            },
         })
     }
 
     /// How long to keep retrying while every instance is busy or the server
     /// is not there yet (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.opts.timeout = timeout;
+        self
+    }
+
+    /// Who must run the server (default: this process's user), checked
+    /// before anything is written, as
+    /// [`client::Builder::server_identity`](super::Builder::server_identity).
+    pub fn server_identity(mut self, expected: ServerIdentity) -> Self {
+        self.opts.server = expected;
         self
     }
 
@@ -92,9 +108,9 @@ impl Service<http::Uri> for Connector {
     }
 
     fn call(&mut self, _: http::Uri) -> Self::Future {
-        let (address, timeout) = (self.address.clone(), self.timeout);
+        let (address, opts) = (self.address.clone(), self.opts.clone());
         Box::pin(async move {
-            let (io, _retries) = connect::connect(&address, false, timeout).await?;
+            let (io, _retries) = connect::connect(&address, &opts).await?;
             Ok(ClientStream(TokioIo::new(io)))
         })
     }

@@ -5,6 +5,7 @@ mod connect;
 mod connector;
 mod driver;
 
+pub use connect::ServerIdentity;
 #[cfg(any(feature = "tonic", feature = "hyper"))]
 pub use connector::{ClientStream, Connector};
 
@@ -24,6 +25,7 @@ use tokio_util::sync::PollSender;
 use tower_service::Service;
 
 use self::driver::Call;
+use self::connect::ConnectOptions;
 use crate::{
     codec::{BuiltinFraming, Codec, Framing, MakeTransport, DEFAULT_MAX_FRAME_LEN},
     error::{check_pipeline_depth, Kind},
@@ -189,6 +191,9 @@ pub struct Builder<F = BuiltinFraming> {
     framing: F,
     connect_timeout: Duration,
     pipeline_depth: usize,
+    server_identity: ServerIdentity,
+    impersonation: bool,
+    remote: bool,
 }
 
 impl<F: fmt::Debug> fmt::Debug for Builder<F> {
@@ -207,6 +212,9 @@ impl Default for Builder {
             framing: BuiltinFraming::new(Framing::LengthDelimited, DEFAULT_MAX_FRAME_LEN),
             connect_timeout: Duration::from_secs(5),
             pipeline_depth: 16,
+            server_identity: ServerIdentity::default(),
+            impersonation: false,
+            remote: false,
         }
     }
 }
@@ -231,6 +239,9 @@ impl Builder {
             framing: Codec::new(codec),
             connect_timeout: self.connect_timeout,
             pipeline_depth: self.pipeline_depth,
+            server_identity: self.server_identity,
+            impersonation: self.impersonation,
+            remote: self.remote,
         }
     }
 }
@@ -258,15 +269,17 @@ impl<F: MakeTransport> Builder<F> {
     /// # Errors
     ///
     /// [`Error::is_timeout`] if every instance stayed busy (or no server
-    /// appeared) for the connect timeout; [`Error::is_config`] for a bad
-    /// name, a pipeline depth of 0, or message framing on Unix;
+    /// appeared) for the connect timeout; [`Error::is_identity`] if the
+    /// server does not run as expected (see
+    /// [`server_identity`](Builder::server_identity)); [`Error::is_config`]
+    /// for a bad name, a pipeline depth of 0, or message framing on Unix;
     /// [`Error::is_connect`] for any other failure (the source says which).
     ///
     /// # Panics
     ///
     /// Outside a tokio runtime.
     pub async fn connect(self, name: &str) -> Result<Client<F>, Error> {
-        let address = Address::new(name)?;
+        let address = Address::resolve(name, self.remote)?;
         check_pipeline_depth(self.pipeline_depth)?;
         let message_mode = self.framing.message_mode();
         if message_mode && !sys::MESSAGE_PIPES {
@@ -274,8 +287,60 @@ impl<F: MakeTransport> Builder<F> {
                 "message framing needs a windows named pipe; use length-delimited framing on unix",
             ));
         }
-        let (io, retries) = connect::connect(&address, message_mode, self.connect_timeout).await?;
+        if self.remote && self.server_identity != ServerIdentity::Any {
+            return Err(Error::config(
+                "a remote server's identity cannot be checked here: with allow_remote, \
+                 set server_identity(ServerIdentity::Any)",
+            ));
+        }
+        let opts = ConnectOptions {
+            message_mode,
+            timeout: self.connect_timeout,
+            impersonation: self.impersonation,
+            server: self.server_identity.clone(),
+        };
+        let (io, retries) = connect::connect(&address, &opts).await?;
         Ok(self.start(io, Some(address), retries))
+    }
+
+    /// Who must run the server (default: [`ServerIdentity::CurrentUser`]),
+    /// checked after connecting and before anything is written; a mismatch
+    /// fails with [`Error::is_identity`]. See [`ServerIdentity`].
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use pipeserve::{client::ServerIdentity, Client, User};
+    ///
+    /// # async fn run() -> Result<(), pipeserve::Error> {
+    /// // A system service's pipe: it must be LocalSystem's (Windows).
+    /// let client = Client::builder()
+    ///     .server_identity(ServerIdentity::User(User::parse("S-1-5-18")?))
+    ///     .connect("system-service")
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn server_identity(mut self, expected: ServerIdentity) -> Self {
+        self.server_identity = expected;
+        self
+    }
+
+    /// Whether the server may act as this client (`SECURITY_IMPERSONATION`
+    /// instead of `SECURITY_IDENTIFICATION`; default: false, the server may
+    /// only learn who the client is). Windows only; see
+    /// [`ConnectionInfo::impersonate`](crate::ConnectionInfo::impersonate).
+    pub fn impersonation(mut self, allow: bool) -> Self {
+        self.impersonation = allow;
+        self
+    }
+
+    /// Whether a pipe on another machine (`\\host\pipe\NAME`) may be
+    /// opened (default: false, such names are config errors). Its server's
+    /// identity cannot be checked: it needs
+    /// `server_identity(ServerIdentity::Any)`. Windows only.
+    pub fn allow_remote(mut self, allow: bool) -> Self {
+        self.remote = allow;
+        self
     }
 
     /// Frames a stream that is already connected (TCP, say, to a server

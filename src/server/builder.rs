@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{
+    authorize::{Authorize, Authorizer},
     conn::ConnConfig,
     listen::{Accept, AcceptListener, PipeListener},
     Server,
@@ -43,9 +44,14 @@ pub enum PipeMode {
     Message,
 }
 
-/// The default security descriptor of a pipe, in SDDL: a protected DACL
-/// granting full access to SYSTEM and to the pipe's owner (the user running
-/// the server), and to nobody else.
+/// A protected DACL granting full access to SYSTEM and to the pipe's owner
+/// (`OW`), and to nobody else, in SDDL.
+///
+/// The default is this with the server's own user SID in place of `OW`
+/// (`D:P(A;;GA;;;SY)(A;;GA;;;S-1-5-21-...)`): the owner of an elevated
+/// process's objects is BUILTIN\Administrators, so `OW` would let every
+/// elevated administrator in, with the right to create instances of the
+/// name.
 pub const DEFAULT_SDDL: &str = "D:P(A;;GA;;;SY)(A;;GA;;;OW)";
 
 /// A service error turned into a reply, set with
@@ -91,7 +97,7 @@ struct PipeOptions {
     out_buffer_size: u32,
     reject_remote_clients: bool,
     first_pipe_instance: bool,
-    sddl: Option<String>,
+    security: sys::Security,
 }
 
 /// Builds a [`Server`]: every option, then [`bind`](Builder::bind).
@@ -112,6 +118,7 @@ pub struct Builder<F = BuiltinFraming, E = NoErrorReply> {
     conn: ConnConfig,
     drain_timeout: Duration,
     error_reply: E,
+    authorize: Vec<Authorizer>,
 }
 
 impl<F: fmt::Debug, E> fmt::Debug for Builder<F, E> {
@@ -137,7 +144,7 @@ impl Default for Builder {
                 out_buffer_size: 65536,
                 reject_remote_clients: true,
                 first_pipe_instance: true,
-                sddl: Some(DEFAULT_SDDL.to_owned()),
+                security: sys::Security::OwnerOnly,
             },
             conn: ConnConfig {
                 pipeline_depth: 16,
@@ -148,6 +155,7 @@ impl Default for Builder {
             },
             drain_timeout: Duration::from_secs(10),
             error_reply: NoErrorReply,
+            authorize: Vec::new(),
         }
     }
 }
@@ -206,6 +214,7 @@ impl Builder<BuiltinFraming, NoErrorReply> {
             conn: self.conn,
             drain_timeout: self.drain_timeout,
             error_reply: NoErrorReply,
+            authorize: self.authorize,
         }
     }
 }
@@ -309,10 +318,10 @@ impl<F, E> Builder<F, E> {
         self
     }
 
-    /// Sets the pipe's security descriptor, in SDDL (default:
-    /// [`DEFAULT_SDDL`], the owner and SYSTEM only); `None` leaves the
-    /// system's default DACL, which on Windows lets other users of the
-    /// machine read the pipe. Windows only.
+    /// Sets the pipe's security descriptor, in SDDL (default: SYSTEM and the
+    /// user the server runs as, by its SID; see [`DEFAULT_SDDL`]); `None`
+    /// leaves the system's default DACL, which on Windows lets other users
+    /// of the machine read the pipe. Windows only.
     ///
     /// Do not grant `GENERIC_WRITE` to anyone you do not trust: it includes
     /// `FILE_CREATE_PIPE_INSTANCE`, which lets them create rogue instances of
@@ -322,7 +331,10 @@ impl<F, E> Builder<F, E> {
     /// `"D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;0x12018b;;;AU)"` for every
     /// authenticated user. See `docs/security.md`.
     pub fn sddl(mut self, sddl: Option<&str>) -> Self {
-        self.pipe.sddl = sddl.map(str::to_owned);
+        self.pipe.security = match sddl {
+            Some(sddl) => sys::Security::Sddl(sddl.to_owned()),
+            None => sys::Security::SystemDefault,
+        };
         self
     }
 
@@ -330,6 +342,31 @@ impl<F, E> Builder<F, E> {
     /// (default: 10 s); connections still open then are closed.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// Checks every client with `rule` before anything is read from it: a
+    /// refused client is closed at once, counted in
+    /// [`Stats::refused`](super::Stats::refused) and logged at `debug` with
+    /// the reason. Called more than once, every rule must let a client in.
+    /// Applies to framed serving and to [`Incoming`](super::Incoming) alike.
+    ///
+    /// The rules for the common cases are in [`authorize`](super::authorize):
+    /// the same user as the server, a given user, a group.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use pipeserve::server::authorize;
+    ///
+    /// # fn run() -> Result<(), pipeserve::Error> {
+    /// let server = pipeserve::Server::builder()
+    ///     .authorize(authorize::same_user())
+    ///     .bind("myapp")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn authorize(mut self, rule: impl Authorize) -> Self {
+        self.authorize.push(Arc::new(rule));
         self
     }
 }
@@ -360,6 +397,7 @@ impl<F: MakeTransport, E> Builder<F, E> {
             conn: self.conn,
             drain_timeout: self.drain_timeout,
             error_reply: ErrorReply(Arc::new(to_reply)),
+            authorize: self.authorize,
         }
     }
 }
@@ -412,7 +450,7 @@ where
             out_buffer_size: pipe.out_buffer_size,
             reject_remote_clients: pipe.reject_remote_clients,
             first_pipe_instance: pipe.first_pipe_instance,
-            sddl: pipe.sddl.clone(),
+            security: pipe.security.clone(),
         };
         let listener = sys::bind(address.as_path(), &options).map_err(Error::from_sys)?;
         info!(address = %address, instances = pipe.instances, "listening");
@@ -460,6 +498,7 @@ where
             requested: CancellationToken::new(),
             counters: Arc::default(),
             instances: self.pipe.instances,
+            authorize: self.authorize,
         }
     }
 }

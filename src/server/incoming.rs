@@ -94,7 +94,12 @@ impl<L: Source> Unpin for Incoming<L> {}
 impl<L: Source> Incoming<L> {
     pub(super) fn new<F: MakeTransport>(server: Server<F, L>) -> Self {
         let handle = server.handle();
-        let shared = Shared::new(server.counters, server.instances, server.conn.linger);
+        let shared = Shared::new(
+            server.counters,
+            server.instances,
+            server.conn.linger,
+            server.authorize,
+        );
         let (tx, connections) = mpsc::unbounded_channel();
         let pool = Pool::start(server.listener, Handout { connections: tx }, shared);
         Incoming {

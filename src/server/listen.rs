@@ -188,7 +188,13 @@ impl<A: Accept> sys::Slot for AcceptSlot<A> {
 
     async fn accept(&mut self) -> io::Result<(A::Io, Peer)> {
         let (io, pid) = self.0.accept().await?;
-        Ok((io, Peer { pid }))
+        Ok((
+            io,
+            Peer {
+                pid,
+                ..Peer::default()
+            },
+        ))
     }
 
     async fn release(&mut self, io: A::Io) -> io::Result<()> {

@@ -2,6 +2,7 @@
 //! [`serve`](Server::serve) frames with a tower service, or
 //! [`into_incoming`](Server::into_incoming) hands out connected streams.
 
+pub mod authorize;
 mod builder;
 mod conn;
 mod dispatch;
@@ -18,6 +19,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
+pub use authorize::Authorize;
 pub use builder::{Builder, ErrorReply, NoErrorReply, PipeMode, DEFAULT_SDDL, MAX_INSTANCES};
 pub use handle::Handle;
 pub use incoming::{Connection, Incoming};
@@ -62,6 +64,8 @@ pub struct Server<F: MakeTransport = BuiltinFraming, L = PipeListener> {
     counters: Arc<Counters>,
     /// Connections served at once.
     instances: usize,
+    /// Who may connect.
+    authorize: Vec<authorize::Authorizer>,
 }
 
 impl<F: MakeTransport, L: Source> fmt::Debug for Server<F, L> {

@@ -37,11 +37,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, trace, warn, Instrument};
 
 use super::{
+    authorize::Authorizer,
     conn::{self, End},
     stats::Counters,
     ConnectionInfo,
 };
-use crate::sys::{Listener, Slot};
+use crate::{
+    error::BoxError,
+    sys::{Listener, Slot},
+};
 
 /// What an instance does with a client once it is in.
 pub(crate) trait Handler<Io>: Clone + Send + 'static {
@@ -86,10 +90,17 @@ pub(crate) struct Shared {
     /// How long to wait for the client's EOF after the server ended a
     /// connection.
     linger: Duration,
+    /// Who may connect: every rule must let a client in.
+    authorize: Vec<Authorizer>,
 }
 
 impl Shared {
-    pub(crate) fn new(counters: Arc<Counters>, instances: usize, linger: Duration) -> Arc<Self> {
+    pub(crate) fn new(
+        counters: Arc<Counters>,
+        instances: usize,
+        linger: Duration,
+        authorize: Vec<Authorizer>,
+    ) -> Arc<Self> {
         Arc::new(Shared {
             shutdown: CancellationToken::new(),
             drain_deadline: OnceLock::new(),
@@ -97,7 +108,27 @@ impl Shared {
             next_id: AtomicU64::new(0),
             serving: Arc::new(Semaphore::new(instances)),
             linger,
+            authorize,
         })
+    }
+
+    /// Whether every rule lets the client in; the refusal's reason if not.
+    async fn authorize(&self, info: &ConnectionInfo) -> Result<(), BoxError> {
+        for rule in &self.authorize {
+            match AssertUnwindSafe(rule.check(info)).catch_unwind().await {
+                Ok(Ok(())) => {}
+                Ok(Err(why)) => return Err(why),
+                Err(panic) => {
+                    self.counters.panics.fetch_add(1, Relaxed);
+                    return Err(format!(
+                        "the authorize rule panicked: {}",
+                        panic_message(&*panic)
+                    )
+                    .into());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Until when a connection that ended with `end` waits for its client's
@@ -283,13 +314,30 @@ where
                 }
             },
         };
-        let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, peer.pid);
-        let span = tracing::debug_span!(
-            "conn",
-            id = info.id(),
-            instance = index,
-            client_pid = peer.pid
-        );
+        let client_pid = peer.pid;
+        let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, peer);
+        let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid);
+        // Who may talk to us, before a byte of theirs is read.
+        if !shared.authorize.is_empty() {
+            let refused = tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => Err("server shutting down".into()),
+                checked = shared.authorize(&info) => checked,
+            };
+            if let Err(why) = refused {
+                drop(serving);
+                shared.counters.refused.fetch_add(1, Relaxed);
+                debug!(parent: &span, reason = %why, "client refused");
+                if let Err(e) = slot.release(io).await {
+                    shared.counters.instance_failures.fetch_add(1, Relaxed);
+                    warn!(instance = index, error = %e, "disconnecting a refused client failed; replacing the instance");
+                    if let Err(e) = slot.recover() {
+                        warn!(instance = index, error = %e, "replacing the instance failed; will retry");
+                    }
+                }
+                continue;
+            }
+        }
         let active = shared.counters.open();
         trace!(parent: &span, "client connected");
         let handled = AssertUnwindSafe(

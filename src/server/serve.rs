@@ -192,8 +192,9 @@ where
         requested,
         counters,
         instances,
+        authorize,
     } = server;
-    let shared = Shared::new(counters.clone(), instances, conn.linger);
+    let shared = Shared::new(counters.clone(), instances, conn.linger, authorize);
     let config = FramedConfig {
         framing,
         conn,

@@ -32,6 +32,9 @@ pub struct Stats {
     pub io_errors: u64,
     /// Instances replaced after their handle failed, or accept errors.
     pub instance_failures: u64,
+    /// Clients refused by an [`authorize`](super::Builder::authorize) rule,
+    /// closed before anything was read (not counted in `connections`).
+    pub refused: u64,
 }
 
 /// What a server did, returned when it shuts down.
@@ -62,6 +65,7 @@ pub(crate) struct Counters {
     timeouts: AtomicU64,
     io_errors: AtomicU64,
     pub(crate) instance_failures: AtomicU64,
+    pub(crate) refused: AtomicU64,
 }
 
 impl Counters {
@@ -77,6 +81,7 @@ impl Counters {
             timeouts: self.timeouts.load(Relaxed),
             io_errors: self.io_errors.load(Relaxed),
             instance_failures: self.instance_failures.load(Relaxed),
+            refused: self.refused.load(Relaxed),
         }
     }
 

@@ -12,7 +12,10 @@
 //! - `pipe_instances`, `MAX_INSTANCES`, `MESSAGE_PIPES`, `MESSAGE_WINDOW`:
 //!   the platform's limits;
 //! - `connect` and `is_busy`: the client's single connection attempt, and
-//!   whether its error is worth retrying.
+//!   whether its error is worth retrying; `server_user`: who runs the server
+//!   end of a client's connection;
+//! - `User` (a SID or a uid and gid), `current_user`, `in_group`, and
+//!   `Impersonation` (Windows: act as a pipe's client; elsewhere never made).
 //!
 //! Errors of `bind` and of name resolution carry their meaning in the
 //! [`io::ErrorKind`]: `AddrInUse` for a name another server holds,
@@ -40,11 +43,20 @@ pub(crate) use self::windows::*;
 #[cfg(not(windows))]
 pub(crate) const MESSAGE_WINDOW: usize = 4096;
 
-/// What the platform knows about the client of a new connection.
-#[derive(Clone, Copy, Debug, Default)]
+/// What the platform knows about the client of a new connection, taken
+/// once when it connects.
+#[derive(Clone, Debug, Default)]
 pub(crate) struct Peer {
     /// The client's process id, where the system says.
     pub(crate) pid: Option<u32>,
+    /// Who the client runs as, where the system says.
+    pub(crate) user: Option<User>,
+    /// Windows: the client's session (`GetNamedPipeClientSessionId`).
+    pub(crate) session: Option<u32>,
+    /// Windows: acting as the client on this connection's pipe (never made
+    /// on Unix).
+    #[cfg_attr(not(windows), allow(dead_code))]
+    pub(crate) impersonation: Option<Impersonation>,
 }
 
 /// One pipe instance (Windows) or accept slot (Unix): where connections come
@@ -106,7 +118,19 @@ pub(crate) struct ListenOptions {
     pub(crate) reject_remote_clients: bool,
     /// Windows: `FILE_FLAG_FIRST_PIPE_INSTANCE` on the first instance.
     pub(crate) first_pipe_instance: bool,
-    /// Windows: the pipe's security descriptor in SDDL; `None` for the
-    /// system default.
-    pub(crate) sddl: Option<String>,
+    /// Windows: the pipe's security descriptor.
+    pub(crate) security: Security,
+}
+
+/// A pipe's security descriptor (Windows).
+#[derive(Clone, Debug)]
+// Unix sockets use file modes instead.
+#[cfg_attr(unix, allow(dead_code))]
+pub(crate) enum Security {
+    /// SYSTEM and the user the server runs as (its SID), nobody else.
+    OwnerOnly,
+    /// This SDDL.
+    Sddl(String),
+    /// The system's default DACL.
+    SystemDefault,
 }

@@ -3,6 +3,10 @@
 //! An "instance" here is a slot: N tasks call `accept` on the same listener,
 //! so at most N connections are served at once and further clients wait in
 //! the listen backlog until a slot frees.
+//!
+//! The one `unsafe` here asks the kernel who this process runs as
+//! (`geteuid`, `getegid`); everything else is safe std and tokio.
+#![allow(unsafe_code)]
 
 use std::{
     fs, io,
@@ -15,6 +19,8 @@ use std::{
 };
 
 use tokio::net::{UnixListener, UnixStream};
+
+use futures_util::FutureExt;
 
 use super::{ListenOptions, Peer};
 
@@ -53,7 +59,8 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, msg)
 }
 
-pub(crate) fn full_path(name: &str) -> io::Result<Option<PathBuf>> {
+/// An absolute socket path as it is (`remote` means nothing on Unix).
+pub(crate) fn full_path(name: &str, _remote: bool) -> io::Result<Option<PathBuf>> {
     if name.starts_with('\\') {
         return Err(invalid(format!(
             "invalid pipe name {name:?}: a windows pipe path, and this is unix"
@@ -65,11 +72,21 @@ pub(crate) fn full_path(name: &str) -> io::Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// `$XDG_RUNTIME_DIR/NAME.sock` when that directory is this user's own
+/// (owned by us, mode 0700, as the XDG spec requires), else in the temp
+/// directory: a runtime directory set by someone else is not ours to trust.
 pub(crate) fn portable_path(name: &str) -> io::Result<PathBuf> {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
         .map(PathBuf::from)
         .filter(|d| d.is_absolute())
-        .unwrap_or_else(std::env::temp_dir);
+        .filter(|d| match fs::metadata(d) {
+            Ok(md) if md.is_dir() && md.uid() == current().uid && md.mode() & 0o077 == 0 => true,
+            _ => {
+                tracing::debug!(dir = %d.display(), "XDG_RUNTIME_DIR is not this user's private directory; using the temp dir");
+                false
+            }
+        });
+    let dir = runtime.unwrap_or_else(std::env::temp_dir);
     check_len(dir.join(format!("{name}.sock")))
 }
 
@@ -154,12 +171,12 @@ fn at(path: &Path, e: io::Error) -> io::Error {
 /// by a dead server (connecting is refused) is replaced; a live server's
 /// socket and any other file are left alone (`AddrInUse`).
 pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<PipeListener> {
-    remove_if_stale(path)?;
-
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
+    check_dir(parent)?;
+    remove_if_stale(path)?;
     let private = private_dir(parent).map_err(|e| at(path, e))?;
     let staged = private.join("s");
     let bound = UnixListener::bind(&staged)
@@ -209,17 +226,56 @@ fn remove_if_stale(path: &Path) -> io::Result<()> {
             ),
         ));
     }
-    match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => Err(in_use(path)),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+    // Never a blocking connect: a socket whose backlog is full would block
+    // `bind` for good. A non-blocking one answers at once: connected or
+    // connecting (someone listens), refused (stale), or would block (a full
+    // backlog: someone listens).
+    let probe = tokio::net::UnixSocket::new_stream()
+        .map_err(|e| at(path, e))?
+        .connect(path)
+        .now_or_never();
+    match probe {
+        None | Some(Ok(_)) => Err(in_use(path)),
+        Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => Err(in_use(path)),
+        Some(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
             tracing::debug!(path = %path.display(), "removing stale socket file");
             fs::remove_file(path).or_else(|e| match e.kind() {
                 io::ErrorKind::NotFound => Ok(()),
                 _ => Err(at(path, e)),
             })
         }
-        Err(e) => Err(at(path, e)),
+        Some(Err(e)) => Err(at(path, e)),
     }
+}
+
+/// Refuses to bind in a directory another user could change under us, the
+/// way OpenSSH's `StrictModes` does: each directory up to the root must be
+/// owned by us or root, and writable by nobody else unless sticky (as
+/// `/tmp` is, where nobody can rename or delete what we create). Otherwise
+/// the private staging directory could be swapped for a symlink between
+/// the steps that reach it by path.
+fn check_dir(dir: &Path) -> io::Result<()> {
+    let me = current().uid;
+    let dir = fs::canonicalize(dir).map_err(|e| at(dir, e))?;
+    for ancestor in dir.ancestors() {
+        let md = fs::metadata(ancestor).map_err(|e| at(ancestor, e))?;
+        let (owner, mode) = (md.uid(), md.mode());
+        let others_write = mode & 0o022 != 0;
+        let sticky = mode & 0o1000 != 0;
+        if (owner != me && owner != 0) || (others_write && !sticky) {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "refusing to bind a socket in {}: {} (owner uid {owner}, mode {:o}) could be \
+                     changed by another user; use a directory only you (or root) can write",
+                    dir.display(),
+                    ancestor.display(),
+                    mode & 0o7777
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Creates a new directory beside the socket that only the owner can enter.
@@ -265,20 +321,88 @@ impl super::Slot for PipeSlot {
 /// accept path of bound sockets and of a `UnixListener` brought by the user.
 pub(crate) async fn accept(listener: &UnixListener) -> io::Result<(UnixStream, Peer)> {
     let (stream, _) = listener.accept().await?;
-    let pid = stream
-        .peer_cred()
-        .ok()
-        .and_then(|cred| cred.pid())
-        .and_then(|pid| u32::try_from(pid).ok());
-    Ok((stream, Peer { pid }))
+    let peer = match stream.peer_cred() {
+        Ok(cred) => Peer {
+            pid: cred.pid().and_then(|pid| u32::try_from(pid).ok()),
+            user: Some(User {
+                uid: cred.uid(),
+                gid: Some(cred.gid()),
+            }),
+            ..Peer::default()
+        },
+        Err(_) => Peer::default(),
+    };
+    Ok((stream, peer))
 }
+
+/// Who a process runs as: its (effective) uid, and its primary gid when
+/// known (a user named by uid alone has none).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct User {
+    pub(crate) uid: u32,
+    pub(crate) gid: Option<u32>,
+}
+
+impl User {
+    /// A user named by its uid, in decimal.
+    pub(crate) fn parse(uid: &str) -> io::Result<User> {
+        let uid = uid
+            .parse()
+            .map_err(|e| invalid(format!("invalid uid {uid:?}: {e}")))?;
+        Ok(User { uid, gid: None })
+    }
+
+    /// Whether both are the same user (the uid decides).
+    pub(crate) fn same(&self, other: &User) -> bool {
+        self.uid == other.uid
+    }
+}
+
+/// Who this process runs as.
+pub(crate) fn current_user() -> io::Result<User> {
+    Ok(current())
+}
+
+fn current() -> User {
+    // Safety: `geteuid` and `getegid` take nothing, cannot fail and touch
+    // no memory of ours.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    User {
+        uid,
+        gid: Some(gid),
+    }
+}
+
+/// Whether `user` is in group `gid`: its primary group (`SO_PEERCRED` tells
+/// no supplementary groups).
+pub(crate) fn in_group(user: &User, gid: u32) -> bool {
+    user.gid == Some(gid)
+}
+
+/// Who runs the server end of a client's connection (`SO_PEERCRED`).
+pub(crate) fn server_user(stream: &UnixStream) -> io::Result<User> {
+    let cred = stream.peer_cred()?;
+    Ok(User {
+        uid: cred.uid(),
+        gid: Some(cred.gid()),
+    })
+}
+
+/// A socket's client cannot be impersonated: never made on Unix.
+#[derive(Clone, Debug)]
+pub(crate) enum Impersonation {}
 
 /// The client's I/O object.
 pub(crate) type ClientIo = UnixStream;
 
-/// One connection attempt. Sockets have no message mode: message framing is
-/// refused before this is called.
-pub(crate) async fn connect(path: &Path, message_mode: bool) -> io::Result<UnixStream> {
+/// One connection attempt. Sockets have no message mode (message framing is
+/// refused before this is called), and a socket's server cannot act as its
+/// client, so `impersonation` means nothing here.
+pub(crate) async fn connect(
+    path: &Path,
+    message_mode: bool,
+    _impersonation: bool,
+) -> io::Result<UnixStream> {
     debug_assert!(
         !message_mode,
         "message framing is refused before connecting"

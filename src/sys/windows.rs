@@ -15,11 +15,11 @@
 use std::{
     io,
     mem::size_of,
-    os::windows::io::AsRawHandle,
+    os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle},
     path::{Path, PathBuf},
     pin::Pin,
     ptr,
-    sync::Arc,
+    sync::{Arc, PoisonError, RwLock},
     task::{ready, Context, Poll},
 };
 
@@ -32,18 +32,32 @@ use tokio::{
 };
 use windows_sys::Win32::{
     Foundation::{
-        LocalFree, ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_BROKEN_PIPE, ERROR_INVALID_NAME,
-        ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_NOT_CONNECTED, HANDLE,
+        LocalFree, ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_BROKEN_PIPE,
+        ERROR_CANNOT_IMPERSONATE, ERROR_INSUFFICIENT_BUFFER, ERROR_INVALID_NAME, ERROR_NO_DATA,
+        ERROR_PIPE_BUSY, ERROR_PIPE_NOT_CONNECTED, HANDLE,
     },
     Security::{
-        Authorization::{ConvertStringSecurityDescriptorToSecurityDescriptorW, SDDL_REVISION_1},
-        PSECURITY_DESCRIPTOR, SECURITY_ATTRIBUTES,
+        Authorization::{
+            ConvertSidToStringSidW, ConvertStringSecurityDescriptorToSecurityDescriptorW,
+            ConvertStringSidToSidW, SDDL_REVISION_1,
+        },
+        EqualSid, GetTokenInformation, LookupAccountSidW, RevertToSelf, TokenGroups, TokenUser,
+        PSECURITY_DESCRIPTOR, PSID, SECURITY_ATTRIBUTES, SID_NAME_USE, TOKEN_GROUPS,
+        TOKEN_INFORMATION_CLASS, TOKEN_QUERY, TOKEN_USER,
     },
-    Storage::FileSystem::SECURITY_IDENTIFICATION,
-    System::Pipes::GetNamedPipeClientProcessId,
+    Storage::FileSystem::{SECURITY_IDENTIFICATION, SECURITY_IMPERSONATION},
+    System::{
+        Pipes::{
+            GetNamedPipeClientProcessId, GetNamedPipeClientSessionId,
+            GetNamedPipeServerProcessId, ImpersonateNamedPipeClient,
+        },
+        Threading::{
+            GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
+        },
+    },
 };
 
-use super::{ListenOptions, Peer};
+use super::{ListenOptions, Peer, Security};
 
 /// The most instances of a pipe name (`nMaxInstances`; 255 means
 /// "unlimited" to Windows, so 254 is the most that can be counted on).
@@ -78,7 +92,10 @@ fn invalid(msg: String) -> io::Error {
 /// The longest pipe path Windows accepts.
 const MAX_PIPE_PATH: usize = 256;
 
-pub(crate) fn full_path(name: &str) -> io::Result<Option<PathBuf>> {
+/// A full pipe path, `\\.\pipe\NAME`, checked: no `.` or `..` component
+/// (Windows resolves them in `\\.\` paths, so a name could reach outside
+/// the pipe namespace), and the local machine (`.`) unless `remote`.
+pub(crate) fn full_path(name: &str, remote: bool) -> io::Result<Option<PathBuf>> {
     if name.starts_with('/') {
         return Err(invalid(format!(
             "invalid pipe name {name:?}: a unix socket path, and this is windows"
@@ -90,11 +107,24 @@ pub(crate) fn full_path(name: &str) -> io::Result<Option<PathBuf>> {
     // \\server\pipe\name
     let mut parts = name[2..].splitn(3, '\\');
     let (server, pipe, rest) = (parts.next(), parts.next(), parts.next());
-    let well_formed = matches!((server, pipe, rest), (Some(s), Some(p), Some(r))
-        if !s.is_empty() && p.eq_ignore_ascii_case("pipe") && !r.is_empty());
-    if !well_formed {
+    let (Some(server), Some(pipe), Some(rest)) = (server, pipe, rest) else {
         return Err(invalid(format!(
             r"invalid pipe path {name:?}: expected \\.\pipe\NAME"
+        )));
+    };
+    if server.is_empty() || !pipe.eq_ignore_ascii_case("pipe") || rest.is_empty() {
+        return Err(invalid(format!(
+            r"invalid pipe path {name:?}: expected \\.\pipe\NAME"
+        )));
+    }
+    if rest.split(['\\', '/']).any(|c| c == "." || c == "..") {
+        return Err(invalid(format!(
+            "invalid pipe path {name:?}: '.' and '..' components are refused"
+        )));
+    }
+    if server != "." && !remote {
+        return Err(invalid(format!(
+            "pipe path {name:?} names another machine ({server}); remote pipes are refused unless asked for"
         )));
     }
     check_len(PathBuf::from(name)).map(Some)
@@ -239,7 +269,18 @@ impl super::Listener for PipeListener {
 /// Creates all instances now, so that a taken name or a bad option is an
 /// error of `bind` itself, and returns one slot per instance.
 pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<PipeListener> {
-    let security = match &opts.sddl {
+    let sddl = match &opts.security {
+        Security::SystemDefault => None,
+        // Not `OW`: the owner of an elevated process's objects is
+        // BUILTIN\Administrators, which would let every elevated
+        // administrator in (and create instances). The user's own SID.
+        Security::OwnerOnly => Some(format!(
+            "D:P(A;;GA;;;SY)(A;;GA;;;{})",
+            current_user()?.sid
+        )),
+        Security::Sddl(sddl) => Some(sddl.clone()),
+    };
+    let security = match &sddl {
         None => None,
         Some(sddl) => Some(
             SecurityDescriptor::from_sddl(sddl)
@@ -305,7 +346,7 @@ pub(crate) struct PipeSlot {
 }
 
 impl super::Slot for PipeSlot {
-    type Io = PeerGone<NamedPipeServer>;
+    type Io = PeerGone<ServerPipe>;
 
     async fn accept(&mut self) -> io::Result<(Self::Io, Peer)> {
         if self.pipe.is_none() {
@@ -322,11 +363,29 @@ impl super::Slot for PipeSlot {
         }
         let pipe = self.pipe.take().expect("pipe instance present");
         let pid = client_pid(&pipe);
-        Ok((PeerGone(pipe), Peer { pid }))
+        let impersonation = Impersonation::new(&pipe);
+        let peer = Peer {
+            pid,
+            // The client's token, through its process: taken now, once.
+            user: pid.and_then(|pid| process_user(pid).ok()),
+            session: client_session(&pipe),
+            impersonation: Some(impersonation.clone()),
+        };
+        let io = ServerPipe {
+            impersonation: EndOnDrop(impersonation),
+            pipe,
+        };
+        Ok((PeerGone(io), peer))
     }
 
     async fn release(&mut self, io: Self::Io) -> io::Result<()> {
-        let pipe = io.0;
+        let ServerPipe {
+            impersonation,
+            pipe,
+        } = io.0;
+        // No one acts as this client from now on: the pipe is about to
+        // serve another.
+        drop(impersonation);
         let res = pipe.disconnect();
         if res.is_ok() {
             self.pipe = Some(pipe);
@@ -340,6 +399,374 @@ impl super::Slot for PipeSlot {
         self.pipe = None;
         self.pipe = Some(self.instances.create(false)?);
         Ok(())
+    }
+}
+
+/// The server's end of a connected pipe. Acting as its client ends before
+/// the pipe is disconnected or closed (the field order says so).
+#[derive(Debug)]
+pub(crate) struct ServerPipe {
+    impersonation: EndOnDrop,
+    pipe: NamedPipeServer,
+}
+
+impl AsyncRead for ServerPipe {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.pipe).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ServerPipe {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.pipe).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.pipe).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.pipe).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.pipe).poll_shutdown(cx)
+    }
+}
+
+/// Ends an [`Impersonation`] when dropped.
+#[derive(Debug)]
+struct EndOnDrop(Impersonation);
+
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        self.0.end();
+    }
+}
+
+/// A pipe handle that may be used by other threads while its pipe lives.
+#[derive(Clone, Copy, Debug)]
+struct SharedHandle(HANDLE);
+
+// Safety: a handle is a kernel object's number, valid from any thread; it is
+// only used under the `Impersonation` lock, which is cleared before the
+// handle closes.
+unsafe impl Send for SharedHandle {}
+// Safety: as above.
+unsafe impl Sync for SharedHandle {}
+
+/// Acting as the client of one connection: `ImpersonateNamedPipeClient`,
+/// then `RevertToSelf`, on the calling thread, while the connection lives.
+#[derive(Clone, Debug)]
+pub(crate) struct Impersonation(Arc<RwLock<Option<SharedHandle>>>);
+
+impl Impersonation {
+    fn new(pipe: &NamedPipeServer) -> Self {
+        Impersonation(Arc::new(RwLock::new(Some(SharedHandle(
+            pipe.as_raw_handle() as HANDLE,
+        )))))
+    }
+
+    /// Runs `f` on this thread as the client, and reverts, also when `f`
+    /// panics.
+    ///
+    /// # Errors
+    ///
+    /// `NotConnected` once the connection ended; `PermissionDenied` before
+    /// anything was read from the client (`ERROR_CANNOT_IMPERSONATE`: Windows
+    /// allows it only after a read); the OS error otherwise.
+    pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> io::Result<R> {
+        // Held while acting: the pipe cannot be disconnected (and handed to
+        // another client) meanwhile.
+        let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(pipe) = *guard else {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the connection has ended: there is no client to act as",
+            ));
+        };
+        // Safety: the handle is open: it is cleared under the write lock
+        // before the pipe is disconnected or closed, and the read lock is
+        // held.
+        if unsafe { ImpersonateNamedPipeClient(pipe.0) } == 0 {
+            let e = io::Error::last_os_error();
+            return Err(if e.raw_os_error() == Some(ERROR_CANNOT_IMPERSONATE as i32) {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "cannot act as the client before anything was read from it \
+                     (ERROR_CANNOT_IMPERSONATE): impersonate while serving a request",
+                )
+            } else {
+                e
+            });
+        }
+        let _revert = Revert;
+        Ok(f())
+    }
+
+    /// Ends it for good, waiting for a closure running as the client.
+    fn end(&self) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// Reverts the thread to the process's own identity when dropped.
+struct Revert;
+
+impl Drop for Revert {
+    fn drop(&mut self) {
+        // Safety: takes nothing; reverts this thread's impersonation.
+        if unsafe { RevertToSelf() } == 0 {
+            // Going on as the client would run the server's code with the
+            // client's rights: Microsoft's guidance is to stop.
+            std::process::abort();
+        }
+    }
+}
+
+/// The session of the client connected to `pipe`.
+fn client_session(pipe: &NamedPipeServer) -> Option<u32> {
+    let mut session = 0u32;
+    // Safety: the handle belongs to `pipe`, which outlives the call, and
+    // `session` is a valid place for the result.
+    let ok = unsafe { GetNamedPipeClientSessionId(pipe.as_raw_handle() as HANDLE, &mut session) };
+    (ok != 0).then_some(session)
+}
+
+/// Who a process runs as: its token's user SID, in string form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct User {
+    pub(crate) sid: String,
+}
+
+impl User {
+    /// A user named by its SID string, checked and normalized.
+    pub(crate) fn parse(sid: &str) -> io::Result<User> {
+        let parsed = Sid::parse(sid)?;
+        Ok(User {
+            sid: sid_string(parsed.0)?,
+        })
+    }
+
+    /// Whether both name the same user.
+    pub(crate) fn same(&self, other: &User) -> bool {
+        self.sid == other.sid
+    }
+
+    /// `DOMAIN\name` for the SID, when it resolves (`LookupAccountSidW`; may
+    /// ask a domain controller, so only on demand).
+    pub(crate) fn account(&self) -> Option<String> {
+        let sid = Sid::parse(&self.sid).ok()?;
+        account_name(sid.0)
+    }
+}
+
+/// Who this process runs as.
+pub(crate) fn current_user() -> io::Result<User> {
+    let mut token: HANDLE = ptr::null_mut();
+    // Safety: the pseudo handle of this process needs no closing; `token`
+    // receives a handle we own on success.
+    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: `token` was just opened for us.
+    let token = unsafe { OwnedHandle::from_raw_handle(token as RawHandle) };
+    token_user(&token)
+}
+
+/// Who process `pid` runs as.
+fn process_user(pid: u32) -> io::Result<User> {
+    let token = process_token(pid)?;
+    token_user(&token)
+}
+
+/// Who runs the server end of a client's pipe
+/// (`GetNamedPipeServerProcessId`, then that process's token).
+pub(crate) fn server_user(pipe: &ClientIo) -> io::Result<User> {
+    let mut pid = 0u32;
+    // Safety: the handle belongs to `pipe`, borrowed for the call; `pid` is a
+    // valid place for the result.
+    if unsafe { GetNamedPipeServerProcessId(pipe.0.as_raw_handle() as HANDLE, &mut pid) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    process_user(pid)
+}
+
+/// Whether process `pid`'s token holds the group `group` (a SID string).
+pub(crate) fn in_group(pid: u32, group: &str) -> io::Result<bool> {
+    let group = Sid::parse(group)?;
+    let token = process_token(pid)?;
+    let buf = token_information(&token, TokenGroups)?;
+    // Safety: `buf` holds a TOKEN_GROUPS, aligned (u64 storage), whose
+    // `GroupCount` entries follow it in the same buffer.
+    let groups = unsafe {
+        let header = &*(buf.as_ptr() as *const TOKEN_GROUPS);
+        std::slice::from_raw_parts(header.Groups.as_ptr(), header.GroupCount as usize)
+    };
+    // Safety: both SIDs are valid for the call: one in `buf`, one owned.
+    Ok(groups.iter().any(|g| unsafe { EqualSid(g.Sid, group.0) } != 0))
+}
+
+/// A process's token, for querying.
+fn process_token(pid: u32) -> io::Result<OwnedHandle> {
+    // Safety: plain call; a non-null result is a handle we own.
+    let process = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+    if process.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: `process` was just opened for us.
+    let process = unsafe { OwnedHandle::from_raw_handle(process as RawHandle) };
+    let mut token: HANDLE = ptr::null_mut();
+    // Safety: `process` is open; `token` receives a handle we own on success.
+    if unsafe { OpenProcessToken(process.as_raw_handle() as HANDLE, TOKEN_QUERY, &mut token) } == 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: `token` was just opened for us.
+    Ok(unsafe { OwnedHandle::from_raw_handle(token as RawHandle) })
+}
+
+/// A token's information of one class, in an aligned buffer.
+fn token_information(token: &OwnedHandle, class: TOKEN_INFORMATION_CLASS) -> io::Result<Vec<u64>> {
+    let mut len = 0u32;
+    // Safety: asks for the size only (null buffer, length 0).
+    let ok = unsafe {
+        GetTokenInformation(token.as_raw_handle() as HANDLE, class, ptr::null_mut(), 0, &mut len)
+    };
+    if ok == 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(ERROR_INSUFFICIENT_BUFFER as i32) {
+            return Err(e);
+        }
+    }
+    let mut buf = vec![0u64; (len as usize).div_ceil(8)];
+    // Safety: `buf` is writable for `len` bytes (at least), and aligned.
+    let ok = unsafe {
+        GetTokenInformation(
+            token.as_raw_handle() as HANDLE,
+            class,
+            buf.as_mut_ptr().cast(),
+            len,
+            &mut len,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(buf)
+}
+
+/// The user of a token.
+fn token_user(token: &OwnedHandle) -> io::Result<User> {
+    let buf = token_information(token, TokenUser)?;
+    // Safety: `buf` holds a TOKEN_USER, aligned, whose SID lives in `buf`.
+    let sid = unsafe { (*(buf.as_ptr() as *const TOKEN_USER)).User.Sid };
+    Ok(User {
+        sid: sid_string(sid)?,
+    })
+}
+
+/// A SID in string form (`S-1-5-21-...`).
+fn sid_string(sid: PSID) -> io::Result<String> {
+    let mut text: *mut u16 = ptr::null_mut();
+    // Safety: `sid` is a valid SID (the callers hold its buffer); on success
+    // `text` is a LocalAlloc'ed, NUL-terminated string we own.
+    if unsafe { ConvertSidToStringSidW(sid, &mut text) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: `text` is NUL-terminated; it is freed right after copying.
+    let s = unsafe {
+        let len = (0..).take_while(|&i| *text.add(i) != 0).count();
+        let s = String::from_utf16_lossy(std::slice::from_raw_parts(text, len));
+        LocalFree(text.cast());
+        s
+    };
+    Ok(s)
+}
+
+/// `DOMAIN\name` of a SID, if it resolves.
+fn account_name(sid: PSID) -> Option<String> {
+    let (mut name_len, mut domain_len, mut kind) = (0u32, 0u32, 0 as SID_NAME_USE);
+    // Safety: asks for the sizes only (null buffers, lengths 0).
+    unsafe {
+        LookupAccountSidW(
+            ptr::null(),
+            sid,
+            ptr::null_mut(),
+            &mut name_len,
+            ptr::null_mut(),
+            &mut domain_len,
+            &mut kind,
+        )
+    };
+    if name_len == 0 {
+        return None;
+    }
+    let mut name = vec![0u16; name_len as usize];
+    let mut domain = vec![0u16; domain_len.max(1) as usize];
+    // Safety: both buffers are writable for the lengths passed.
+    let ok = unsafe {
+        LookupAccountSidW(
+            ptr::null(),
+            sid,
+            name.as_mut_ptr(),
+            &mut name_len,
+            domain.as_mut_ptr(),
+            &mut domain_len,
+            &mut kind,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    let name = String::from_utf16_lossy(&name[..name_len as usize]);
+    let domain = String::from_utf16_lossy(&domain[..domain_len as usize]);
+    Some(if domain.is_empty() {
+        name
+    } else {
+        format!("{domain}\\{name}")
+    })
+}
+
+/// A SID parsed from its string form, freed with `LocalFree`.
+struct Sid(PSID);
+
+impl Sid {
+    fn parse(sid: &str) -> io::Result<Sid> {
+        let wide: Vec<u16> = sid.encode_utf16().chain(Some(0)).collect();
+        let mut out: PSID = ptr::null_mut();
+        // Safety: `wide` is NUL-terminated and outlives the call; on success
+        // `out` is a LocalAlloc'ed SID we own.
+        if unsafe { ConvertStringSidToSidW(wide.as_ptr(), &mut out) } == 0 {
+            return Err(invalid(format!(
+                "invalid SID {sid:?}: {}",
+                io::Error::last_os_error()
+            )));
+        }
+        Ok(Sid(out))
+    }
+}
+
+impl Drop for Sid {
+    fn drop(&mut self) {
+        // Safety: the SID came from LocalAlloc (see `parse`), freed once.
+        unsafe { LocalFree(self.0) };
     }
 }
 
@@ -430,11 +857,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PeerGone<T> {
 pub(crate) type ClientIo = PeerGone<NamedPipeClient>;
 
 /// One connection attempt, with identification-level security quality of
-/// service: the server may learn who the client is, not act as it.
-pub(crate) async fn connect(path: &Path, message_mode: bool) -> io::Result<ClientIo> {
+/// service (the server may learn who the client is, not act as it) unless
+/// `impersonation` grants `SECURITY_IMPERSONATION`.
+pub(crate) async fn connect(
+    path: &Path,
+    message_mode: bool,
+    impersonation: bool,
+) -> io::Result<ClientIo> {
     let mut options = PipeClientOptions::new();
     options
-        .security_qos_flags(SECURITY_IDENTIFICATION)
+        .security_qos_flags(if impersonation {
+            SECURITY_IMPERSONATION
+        } else {
+            SECURITY_IDENTIFICATION
+        })
         .pipe_mode(if message_mode {
             PipeMode::Message
         } else {
