@@ -12,6 +12,9 @@
 //!   --max-frame BYTES     (default 8 MiB)
 //!   --timeout-ms MS       per reply (default 10000)
 //!   --hex                 print replies as hex instead of text
+//!   --server-user SID|UID|me|any   who must run the server (default: me,
+//!                         the user running pipecat); checked before a byte
+//!                         is written, so an impostor gets nothing
 //! ```
 //!
 //! Prints each reply on its own line, in order; exits 1 on the first error,
@@ -21,10 +24,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use pipeserve::{codec::Framing, BoxError, Client};
+use pipeserve::{client::ServerIdentity, codec::Framing, BoxError, Client, User};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-const USAGE: &str = "usage: pipecat [--framing len|message|line] [--max-frame BYTES] [--timeout-ms MS] [--hex] [--name] NAME [--] [FRAME...]";
+const USAGE: &str = "usage: pipecat [--framing len|message|line] [--max-frame BYTES] [--timeout-ms MS] [--hex] [--server-user SID|UID|me|any] [--name] NAME [--] [FRAME...]";
 
 struct Args {
     name: Option<String>,
@@ -32,6 +35,7 @@ struct Args {
     max_frame: Option<usize>,
     timeout: Duration,
     hex: bool,
+    server_user: ServerIdentity,
     frames: Vec<String>,
 }
 
@@ -46,6 +50,7 @@ fn parse() -> Result<Args, lexopt::Error> {
         max_frame: None,
         timeout: Duration::from_secs(10),
         hex: false,
+        server_user: ServerIdentity::CurrentUser,
         frames: Vec::new(),
     };
     let mut parser = lexopt::Parser::from_env();
@@ -56,6 +61,13 @@ fn parse() -> Result<Args, lexopt::Error> {
             Long("max-frame") => args.max_frame = Some(parser.value()?.parse()?),
             Long("timeout-ms") => args.timeout = Duration::from_millis(parser.value()?.parse()?),
             Long("hex") => args.hex = true,
+            Long("server-user") => {
+                args.server_user = match parser.value()?.string()?.as_str() {
+                    "me" => ServerIdentity::CurrentUser,
+                    "any" => ServerIdentity::Any,
+                    user => ServerIdentity::User(User::parse(user).map_err(|e| e.to_string())?),
+                }
+            }
             Short('h') | Long("help") => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -85,7 +97,9 @@ async fn main() {
 
 async fn run(args: Args) -> Result<(), BoxError> {
     let name = args.name.clone().expect("checked by parse");
-    let mut builder = Client::builder().framing(args.framing);
+    let mut builder = Client::builder()
+        .framing(args.framing)
+        .server_identity(args.server_user.clone());
     if let Some(max) = args.max_frame {
         builder = builder.max_frame_len(max);
     }

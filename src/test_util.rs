@@ -44,3 +44,10 @@ pub fn child_usage(child: &std::process::Child) -> Option<Usage> {
 pub fn dacl_sddl(handle: std::os::windows::io::BorrowedHandle<'_>) -> std::io::Result<String> {
     measure::dacl_sddl(handle)
 }
+
+/// The SID of the user this thread is impersonating, or `None` when it is
+/// not impersonating.
+#[cfg(windows)]
+pub fn thread_user() -> Option<String> {
+    measure::thread_user()
+}

@@ -266,7 +266,10 @@ async fn the_grpc_pipe_grants_only_the_owner_and_system() {
         .open(address.as_path())
         .unwrap();
     let sddl = pipeserve::test_util::dacl_sddl(client.as_handle()).unwrap();
-    assert_eq!(sddl, "D:P(A;;GA;;;SY)(A;;GA;;;OW)");
+    // SYSTEM and the server's own user SID (not OW: an elevated owner is
+    // BUILTIN\Administrators).
+    let me = pipeserve::User::current().unwrap();
+    assert_eq!(sddl, format!("D:P(A;;GA;;;SY)(A;;GA;;;{})", me.sid()));
     drop(client);
     server.stop().await;
 }

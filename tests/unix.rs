@@ -266,3 +266,83 @@ fn accept_failures_are_retried_with_backoff_and_never_end_the_server() {
         "accept failures while out of descriptors: {failures}"
     );
 }
+
+/// A fresh directory for a test, under the temp dir.
+fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(unique_name(tag));
+    fs::create_dir(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn a_directory_another_user_can_change_is_refused_and_nothing_is_created_in_it() {
+    // Another user's directory, and a shared one without the sticky bit: in
+    // either, they could swap the private staging directory for a symlink
+    // between the steps that reach it by path.
+    let theirs = scratch_dir("strict-theirs");
+    let shared = scratch_dir("strict-shared");
+    fs::set_permissions(&shared, fs::Permissions::from_mode(0o777)).unwrap();
+    let sticky = scratch_dir("strict-sticky");
+    fs::set_permissions(&sticky, fs::Permissions::from_mode(0o1777)).unwrap();
+    let as_root = pipeserve::User::current().unwrap().uid() == 0;
+    if as_root {
+        // Played for real where the machine allows: a second uid owns it.
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+    }
+    let mut refused = vec![&shared];
+    if as_root {
+        refused.push(&theirs);
+    } else {
+        eprintln!("not root: cannot give a directory to another uid; checking the shared one only");
+    }
+    for dir in refused {
+        let path = dir.join("s.sock");
+        let err = Server::builder().bind(path.to_str().unwrap()).unwrap_err();
+        assert!(err.is_bind(), "{err}");
+        assert!(err.to_string().contains("refusing"), "{err}");
+        assert_eq!(
+            fs::read_dir(dir).unwrap().count(),
+            0,
+            "something was created in {}",
+            dir.display()
+        );
+    }
+    // A sticky shared directory (as /tmp) is fine: nobody can rename or
+    // delete what we create there.
+    let path = sticky.join("s.sock");
+    let server = Server::builder().bind(path.to_str().unwrap()).unwrap();
+    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
+    drop(server);
+    for dir in [theirs, shared, sticky] {
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+#[tokio::test]
+async fn binding_over_a_live_socket_with_a_full_backlog_fails_at_once() {
+    within(20, async {
+        // Someone else's live socket whose backlog is full: a blocking
+        // probe would hang `bind` for good.
+        let dir = scratch_dir("backlog");
+        let path = dir.join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut queued = Vec::new();
+        loop {
+            let socket = tokio::net::UnixSocket::new_stream().unwrap();
+            match tokio::time::timeout(Duration::from_millis(50), socket.connect(&path)).await {
+                Ok(Ok(stream)) => queued.push(stream),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => break,
+                Ok(Err(e)) => panic!("filling the backlog: {e}"),
+            }
+            assert!(queued.len() < 10_000, "the backlog never filled");
+        }
+        let started = std::time::Instant::now();
+        let err = Server::builder().bind(path.to_str().unwrap()).unwrap_err();
+        assert!(err.is_addr_in_use(), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        drop((listener, queued));
+        let _ = fs::remove_dir_all(dir);
+    })
+    .await
+}

@@ -142,7 +142,10 @@ async fn the_pipe_grants_only_the_owner_and_system_by_default() {
     let address = pipeserve::Address::new(&name).unwrap();
     let client = ClientOptions::new().open(address.as_path()).unwrap();
     let sddl = pipeserve::test_util::dacl_sddl(client.as_handle()).unwrap();
-    assert_eq!(sddl, "D:P(A;;GA;;;SY)(A;;GA;;;OW)");
+    // SYSTEM and the server's own user SID (not OW: an elevated owner is
+    // BUILTIN\Administrators).
+    let me = pipeserve::User::current().unwrap();
+    assert_eq!(sddl, format!("D:P(A;;GA;;;SY)(A;;GA;;;{})", me.sid()));
 }
 
 #[tokio::test]
@@ -170,4 +173,55 @@ async fn an_invalid_sddl_is_a_config_error() {
         .bind(&unique_name("dacl-bad"))
         .unwrap_err();
     assert!(err.is_config(), "{err}");
+}
+
+#[tokio::test]
+async fn dot_components_and_remote_hosts_are_refused_in_pipe_paths() {
+    // Windows resolves `.` and `..` in `\\.\` paths: a name could reach
+    // outside the pipe namespace. A host name reaches another machine.
+    for bad in [
+        r"\\.\pipe\..\x",
+        r"\\.\pipe\a\.\b",
+        r"\\otherhost\pipe\x",
+        "..",
+    ] {
+        let err = Server::builder().bind(bad).unwrap_err();
+        assert!(err.is_config(), "{bad}: {err}");
+        let err = Client::connect(bad).await.unwrap_err();
+        assert!(err.is_config(), "{bad}: {err}");
+    }
+    // A client may ask for a remote pipe, but not with a server identity
+    // check it cannot make.
+    let err = Client::builder()
+        .allow_remote(true)
+        .connect(r"\\otherhost\pipe\x")
+        .await
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(err.to_string().contains("identity"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn impersonating_before_anything_was_read_is_refused_by_windows() {
+    within(60, async {
+        let name = unique_name("imp-early");
+        let server = Server::builder().instances(1).bind(&name).unwrap();
+        let mut incoming = server.into_incoming();
+        let _client = ClientOptions::new()
+            .open(pipeserve::Address::new(&name).unwrap().as_path())
+            .unwrap();
+        let conn = incoming.accept().await.unwrap();
+        let early = conn.info().impersonate(|| ());
+        eprintln!("impersonating before a read: {early:?}");
+        if pipeserve::test_util::running_under_wine() && early.is_ok() {
+            eprintln!("skipped: Wine allows impersonation before a read");
+            return;
+        }
+        let err = early.unwrap_err();
+        assert!(
+            err.to_string().contains("before anything was read"),
+            "{err}"
+        );
+    })
+    .await
 }

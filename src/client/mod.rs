@@ -24,8 +24,8 @@ use tokio::{
 use tokio_util::sync::PollSender;
 use tower_service::Service;
 
-use self::driver::Call;
 use self::connect::ConnectOptions;
+use self::driver::Call;
 use crate::{
     codec::{BuiltinFraming, Codec, Framing, MakeTransport, DEFAULT_MAX_FRAME_LEN},
     error::{check_pipeline_depth, Kind},
@@ -328,7 +328,7 @@ impl<F: MakeTransport> Builder<F> {
     /// Whether the server may act as this client (`SECURITY_IMPERSONATION`
     /// instead of `SECURITY_IDENTIFICATION`; default: false, the server may
     /// only learn who the client is). Windows only; see
-    /// [`ConnectionInfo::impersonate`](crate::ConnectionInfo::impersonate).
+    /// `ConnectionInfo::impersonate`.
     pub fn impersonation(mut self, allow: bool) -> Self {
         self.impersonation = allow;
         self

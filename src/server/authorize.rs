@@ -140,7 +140,7 @@ pub fn group_gid(gid: u32) -> InGroup {
     InGroup(gid.to_string())
 }
 
-/// The rule of [`group_sid`] (Windows) and `group_gid` (Unix).
+/// The rule of `group_sid` (Windows) and `group_gid` (Unix).
 #[derive(Clone, Debug)]
 pub struct InGroup(String);
 

@@ -19,8 +19,7 @@ use crate::{sys, User};
 /// process id (`GetNamedPipeClientProcessId`) and that process's token. On
 /// Windows that is a lookup by process id right after the connect, so a
 /// client that exits at that very moment could in theory leave its id to
-/// another process; [`impersonate`](ConnectionInfo::impersonate) works on the
-/// pipe itself.
+/// another process; `impersonate` (Windows) works on the pipe itself.
 #[derive(Clone)]
 pub struct ConnectionInfo {
     id: u64,

@@ -120,11 +120,9 @@ impl Shared {
                 Ok(Err(why)) => return Err(why),
                 Err(panic) => {
                     self.counters.panics.fetch_add(1, Relaxed);
-                    return Err(format!(
-                        "the authorize rule panicked: {}",
-                        panic_message(&*panic)
-                    )
-                    .into());
+                    return Err(
+                        format!("the authorize rule panicked: {}", panic_message(&*panic)).into(),
+                    );
                 }
             }
         }

@@ -337,7 +337,7 @@ pub(crate) async fn accept(listener: &UnixListener) -> io::Result<(UnixStream, P
 
 /// Who a process runs as: its (effective) uid, and its primary gid when
 /// known (a user named by uid alone has none).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct User {
     pub(crate) uid: u32,
     pub(crate) gid: Option<u32>,

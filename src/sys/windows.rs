@@ -48,8 +48,8 @@ use windows_sys::Win32::{
     Storage::FileSystem::{SECURITY_IDENTIFICATION, SECURITY_IMPERSONATION},
     System::{
         Pipes::{
-            GetNamedPipeClientProcessId, GetNamedPipeClientSessionId,
-            GetNamedPipeServerProcessId, ImpersonateNamedPipeClient,
+            GetNamedPipeClientProcessId, GetNamedPipeClientSessionId, GetNamedPipeServerProcessId,
+            ImpersonateNamedPipeClient,
         },
         Threading::{
             GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
@@ -274,10 +274,7 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<PipeListener
         // Not `OW`: the owner of an elevated process's objects is
         // BUILTIN\Administrators, which would let every elevated
         // administrator in (and create instances). The user's own SID.
-        Security::OwnerOnly => Some(format!(
-            "D:P(A;;GA;;;SY)(A;;GA;;;{})",
-            current_user()?.sid
-        )),
+        Security::OwnerOnly => Some(format!("D:P(A;;GA;;;SY)(A;;GA;;;{})", current_user()?.sid)),
         Security::Sddl(sddl) => Some(sddl.clone()),
     };
     let security = match &sddl {
@@ -506,15 +503,17 @@ impl Impersonation {
         // held.
         if unsafe { ImpersonateNamedPipeClient(pipe.0) } == 0 {
             let e = io::Error::last_os_error();
-            return Err(if e.raw_os_error() == Some(ERROR_CANNOT_IMPERSONATE as i32) {
-                io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    "cannot act as the client before anything was read from it \
+            return Err(
+                if e.raw_os_error() == Some(ERROR_CANNOT_IMPERSONATE as i32) {
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "cannot act as the client before anything was read from it \
                      (ERROR_CANNOT_IMPERSONATE): impersonate while serving a request",
-                )
-            } else {
-                e
-            });
+                    )
+                } else {
+                    e
+                },
+            );
         }
         let _revert = Revert;
         Ok(f())
@@ -620,7 +619,9 @@ pub(crate) fn in_group(pid: u32, group: &str) -> io::Result<bool> {
         std::slice::from_raw_parts(header.Groups.as_ptr(), header.GroupCount as usize)
     };
     // Safety: both SIDs are valid for the call: one in `buf`, one owned.
-    Ok(groups.iter().any(|g| unsafe { EqualSid(g.Sid, group.0) } != 0))
+    Ok(groups
+        .iter()
+        .any(|g| unsafe { EqualSid(g.Sid, group.0) } != 0))
 }
 
 /// A process's token, for querying.
@@ -647,7 +648,13 @@ fn token_information(token: &OwnedHandle, class: TOKEN_INFORMATION_CLASS) -> io:
     let mut len = 0u32;
     // Safety: asks for the size only (null buffer, length 0).
     let ok = unsafe {
-        GetTokenInformation(token.as_raw_handle() as HANDLE, class, ptr::null_mut(), 0, &mut len)
+        GetTokenInformation(
+            token.as_raw_handle() as HANDLE,
+            class,
+            ptr::null_mut(),
+            0,
+            &mut len,
+        )
     };
     if ok == 0 {
         let e = io::Error::last_os_error();
@@ -892,7 +899,7 @@ pub(crate) mod measure {
     use std::{
         io,
         mem::size_of,
-        os::windows::io::{AsRawHandle, BorrowedHandle},
+        os::windows::io::{AsRawHandle, BorrowedHandle, FromRawHandle},
         ptr,
     };
 
@@ -914,6 +921,27 @@ pub(crate) mod measure {
     };
 
     use super::SecurityDescriptor;
+
+    /// The user of this thread's impersonation token, if it has one
+    /// (`OpenThreadToken`, as self); `None` when the thread is not
+    /// impersonating.
+    pub(crate) fn thread_user() -> Option<String> {
+        use windows_sys::Win32::System::Threading::{GetCurrentThread, OpenThreadToken};
+        let mut token: HANDLE = ptr::null_mut();
+        // Safety: the pseudo handle of this thread needs no closing; `token`
+        // receives a handle we own on success.
+        let ok = unsafe { OpenThreadToken(GetCurrentThread(), super::TOKEN_QUERY, 1, &mut token) };
+        if ok == 0 {
+            return None;
+        }
+        // Safety: `token` was just opened for us.
+        let token = unsafe {
+            std::os::windows::io::OwnedHandle::from_raw_handle(
+                token as std::os::windows::io::RawHandle,
+            )
+        };
+        super::token_user(&token).ok().map(|user| user.sid)
+    }
 
     /// Whether this process runs under Wine (ntdll exports `wine_get_version`).
     pub(crate) fn running_under_wine() -> bool {
