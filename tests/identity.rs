@@ -224,8 +224,16 @@ async fn inside_an_impersonation_the_thread_is_the_client_and_after_it_is_not() 
         let make = tower::service_fn(|info: ConnectionInfo| async move {
             Ok::<_, Infallible>(tower::service_fn(move |_: Bytes| {
                 // A request was read: Windows allows acting as the client.
-                let inside = info.impersonate(thread_user).unwrap();
+                let (inside, nested, still) = info
+                    .impersonate(|| {
+                        // Nesting is refused, and leaves the outer one as it was.
+                        let nested = info.impersonate(|| ()).map_err(|e| e.to_string());
+                        (thread_user(), nested, thread_user())
+                    })
+                    .unwrap();
                 let after = thread_user();
+                assert!(nested.unwrap_err().contains("do not nest"));
+                assert_eq!(inside, still);
                 let reply = format!("{inside:?}|{after:?}");
                 async move { Ok::<_, Infallible>(Bytes::from(reply)) }
             }))

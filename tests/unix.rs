@@ -307,10 +307,27 @@ async fn a_directory_another_user_can_change_is_refused_and_nothing_is_created_i
             dir.display()
         );
     }
+    // Through a symlink the check is on the real directory: a link in a
+    // good place to a shared one is refused too.
+    let link = sticky.join("link");
+    std::os::unix::fs::symlink(&shared, &link).unwrap();
+    let err = Server::builder()
+        .bind(link.join("s.sock").to_str().unwrap())
+        .unwrap_err();
+    assert!(err.to_string().contains("refusing"), "{err}");
+    assert_eq!(fs::read_dir(&shared).unwrap().count(), 0);
     // A sticky shared directory (as /tmp) is fine: nobody can rename or
     // delete what we create there.
     let path = sticky.join("s.sock");
     let server = Server::builder().bind(path.to_str().unwrap()).unwrap();
+    assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
+    drop(server);
+    // And a shared directory whose writers you trust, when asked.
+    let path = shared.join("s.sock");
+    let server = Server::builder()
+        .strict_socket_dir(false)
+        .bind(path.to_str().unwrap())
+        .unwrap();
     assert!(fs::symlink_metadata(&path).unwrap().file_type().is_socket());
     drop(server);
     for dir in [theirs, shared, sticky] {

@@ -95,7 +95,23 @@ fn check_server(
 ) -> Result<(), Error> {
     let expected = match expected {
         ServerIdentity::Any => return Ok(()),
-        ServerIdentity::CurrentUser => User::current()?,
+        ServerIdentity::CurrentUser => {
+            // Read once per process: it costs a token query on Windows.
+            static ME: std::sync::OnceLock<User> = std::sync::OnceLock::new();
+            match ME.get() {
+                Some(me) => me.clone(),
+                None => {
+                    let me = User::current().map_err(|e| {
+                        Error::new(Kind::Identity)
+                            .context(format!(
+                                "connecting to {address}: this process's own user cannot be read"
+                            ))
+                            .with(e)
+                    })?;
+                    ME.get_or_init(|| me).clone()
+                }
+            }
+        }
         ServerIdentity::User(user) => user.clone(),
     };
     let actual = sys::server_user(io).map(User).map_err(|e| {

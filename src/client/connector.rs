@@ -66,15 +66,19 @@ impl Connector {
     ///
     /// [`Error::is_config`] for an invalid name.
     pub fn new(name: &str) -> Result<Connector, Error> {
-        Ok(Connector {
-            address: Address::new(name)?,
+        Ok(Connector::new_checked(Address::new(name)?))
+    }
+
+    fn new_checked(address: Address) -> Connector {
+        Connector {
+            address,
             opts: ConnectOptions {
                 message_mode: false,
                 timeout: Duration::from_secs(5),
                 impersonation: false,
                 server: ServerIdentity::default(),
             },
-        })
+        }
     }
 
     /// How long to keep retrying while every instance is busy or the server
@@ -82,6 +86,21 @@ impl Connector {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.opts.timeout = timeout;
         self
+    }
+
+    /// A connector that may open a pipe on another machine
+    /// (`\\host\pipe\NAME`), which [`new`](Connector::new) refuses, as
+    /// [`client::Builder::allow_remote`](super::Builder::allow_remote) does;
+    /// its server's identity cannot be checked from here, so it expects
+    /// [`ServerIdentity::Any`]. Windows only.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::is_config`] for an invalid name.
+    pub fn new_remote(name: &str) -> Result<Connector, Error> {
+        let mut connector = Connector::new_checked(Address::resolve(name, true)?);
+        connector.opts.server = ServerIdentity::Any;
+        Ok(connector)
     }
 
     /// Who must run the server (default: this process's user), checked

@@ -126,8 +126,10 @@ impl Authorize for UserIs {
 }
 
 /// Lets in only clients whose token holds the group `sid` (a SID string,
-/// such as `S-1-5-32-544` for Administrators). Windows only. The groups are
-/// read from the client's process token at the check.
+/// such as `S-1-5-32-544` for Administrators), enabled: in an unelevated
+/// administrator's token Administrators is deny-only and does not count.
+/// Windows only. The groups are read from the client's process token,
+/// opened when the client connected.
 #[cfg(windows)]
 pub fn group_sid(sid: &str) -> InGroup {
     InGroup(sid.to_owned())
@@ -147,21 +149,9 @@ pub struct InGroup(String);
 impl Authorize for InGroup {
     async fn check(&self, info: &ConnectionInfo) -> Result<(), BoxError> {
         let group = &self.0;
-        #[cfg(windows)]
-        let member = {
-            let pid = info
-                .client_pid()
-                .ok_or_else(|| refuse("the client's process id is unknown".to_owned()))?;
-            crate::sys::in_group(pid, group)
-                .map_err(|e| refuse(format!("the client's groups cannot be read: {e}")))?
-        };
-        #[cfg(unix)]
-        let member = {
-            let gid: u32 = group
-                .parse()
-                .map_err(|e| refuse(format!("invalid gid {group:?}: {e}")))?;
-            crate::sys::in_group(&client_user(info)?.0, gid)
-        };
+        let user = client_user(info)?;
+        let member = crate::sys::in_group(&user.0, group)
+            .map_err(|e| refuse(format!("the client's groups cannot be read: {e}")))?;
         if member {
             Ok(())
         } else {

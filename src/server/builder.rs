@@ -98,6 +98,7 @@ struct PipeOptions {
     reject_remote_clients: bool,
     first_pipe_instance: bool,
     security: sys::Security,
+    strict_dir: bool,
 }
 
 /// Builds a [`Server`]: every option, then [`bind`](Builder::bind).
@@ -145,6 +146,7 @@ impl Default for Builder {
                 reject_remote_clients: true,
                 first_pipe_instance: true,
                 security: sys::Security::OwnerOnly,
+                strict_dir: true,
             },
             conn: ConnConfig {
                 pipeline_depth: 16,
@@ -338,6 +340,23 @@ impl<F, E> Builder<F, E> {
         self
     }
 
+    /// Whether to refuse binding a socket in a directory another user could
+    /// change (default: true). Unix only.
+    ///
+    /// `bind` creates the socket in a private staging directory beside the
+    /// final path and links it into place, reaching the directory by path
+    /// several times; in a directory another user can write (without the
+    /// sticky bit) or owns, they could swap it for a symlink in between. So
+    /// each directory of the canonical path up to `/` must be owned by the
+    /// server's user or root and writable by nobody else unless sticky, as
+    /// OpenSSH's `StrictModes` asks. Turn it off only for a directory whose
+    /// other writers you trust (a group-shared `/run/app`, a container
+    /// volume).
+    pub fn strict_socket_dir(mut self, strict: bool) -> Self {
+        self.pipe.strict_dir = strict;
+        self
+    }
+
     /// Sets how long a graceful shutdown waits for connections to finish
     /// (default: 10 s); connections still open then are closed.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
@@ -451,6 +470,7 @@ where
             reject_remote_clients: pipe.reject_remote_clients,
             first_pipe_instance: pipe.first_pipe_instance,
             security: pipe.security.clone(),
+            strict_dir: pipe.strict_dir,
         };
         let listener = sys::bind(address.as_path(), &options).map_err(Error::from_sys)?;
         info!(address = %address, instances = pipe.instances, "listening");

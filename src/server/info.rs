@@ -39,6 +39,26 @@ impl fmt::Debug for ConnectionInfo {
     }
 }
 
+/// Two infos are equal when they describe the same connection: id,
+/// instance, client pid, user and session.
+impl PartialEq for ConnectionInfo {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.instance == other.instance
+            && self.peer.pid == other.peer.pid
+            && self.user() == other.user()
+            && self.peer.session == other.peer.session
+    }
+}
+
+impl Eq for ConnectionInfo {}
+
+impl std::hash::Hash for ConnectionInfo {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.id, self.instance, self.peer.pid, self.peer.session).hash(state);
+    }
+}
+
 impl ConnectionInfo {
     pub(crate) fn new(id: u64, instance: usize, peer: sys::Peer) -> Self {
         ConnectionInfo { id, instance, peer }

@@ -120,6 +120,9 @@ pub(crate) struct ListenOptions {
     pub(crate) first_pipe_instance: bool,
     /// Windows: the pipe's security descriptor.
     pub(crate) security: Security,
+    /// Unix: refuse a socket directory another user could change.
+    #[cfg_attr(windows, allow(dead_code))]
+    pub(crate) strict_dir: bool,
 }
 
 /// A pipe's security descriptor (Windows).

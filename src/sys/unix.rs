@@ -175,9 +175,18 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<PipeListener
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    check_dir(parent)?;
+    // Every step below goes through the directory as checked, not a path
+    // whose symlinks someone could repoint in between.
+    let parent = fs::canonicalize(parent).map_err(|e| at(parent, e))?;
+    if opts.strict_dir {
+        check_dir(&parent)?;
+    }
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| invalid(format!("{} names no socket file", path.display())))?;
+    let path = &parent.join(file_name);
     remove_if_stale(path)?;
-    let private = private_dir(parent).map_err(|e| at(path, e))?;
+    let private = private_dir(&parent).map_err(|e| at(path, e))?;
     let staged = private.join("s");
     let bound = UnixListener::bind(&staged)
         .and_then(|l| fs::set_permissions(&staged, fs::Permissions::from_mode(0o600)).map(|()| l))
@@ -249,14 +258,13 @@ fn remove_if_stale(path: &Path) -> io::Result<()> {
 }
 
 /// Refuses to bind in a directory another user could change under us, the
-/// way OpenSSH's `StrictModes` does: each directory up to the root must be
-/// owned by us or root, and writable by nobody else unless sticky (as
-/// `/tmp` is, where nobody can rename or delete what we create). Otherwise
-/// the private staging directory could be swapped for a symlink between
-/// the steps that reach it by path.
+/// way OpenSSH's `StrictModes` does: each directory of the canonical path up
+/// to the root must be owned by us or root, and writable by nobody else
+/// unless sticky (as `/tmp` is, where nobody can rename or delete what we
+/// create). Otherwise the private staging directory could be swapped for a
+/// symlink between the steps that reach it by path.
 fn check_dir(dir: &Path) -> io::Result<()> {
     let me = current().uid;
-    let dir = fs::canonicalize(dir).map_err(|e| at(dir, e))?;
     for ancestor in dir.ancestors() {
         let md = fs::metadata(ancestor).map_err(|e| at(ancestor, e))?;
         let (owner, mode) = (md.uid(), md.mode());
@@ -373,10 +381,13 @@ fn current() -> User {
     }
 }
 
-/// Whether `user` is in group `gid`: its primary group (`SO_PEERCRED` tells
-/// no supplementary groups).
-pub(crate) fn in_group(user: &User, gid: u32) -> bool {
-    user.gid == Some(gid)
+/// Whether `user` is in group `gid` (decimal): its primary group
+/// (`SO_PEERCRED` tells no supplementary groups).
+pub(crate) fn in_group(user: &User, gid: &str) -> io::Result<bool> {
+    let gid: u32 = gid
+        .parse()
+        .map_err(|e| invalid(format!("invalid gid {gid:?}: {e}")))?;
+    Ok(user.gid == Some(gid))
 }
 
 /// Who runs the server end of a client's connection (`SO_PEERCRED`).

@@ -42,8 +42,8 @@ use windows_sys::Win32::{
             ConvertStringSidToSidW, SDDL_REVISION_1,
         },
         EqualSid, GetTokenInformation, LookupAccountSidW, RevertToSelf, TokenGroups, TokenUser,
-        PSECURITY_DESCRIPTOR, PSID, SECURITY_ATTRIBUTES, SID_NAME_USE, TOKEN_GROUPS,
-        TOKEN_INFORMATION_CLASS, TOKEN_QUERY, TOKEN_USER,
+        PSECURITY_DESCRIPTOR, PSID, SECURITY_ATTRIBUTES, SID_AND_ATTRIBUTES, SID_NAME_USE,
+        TOKEN_GROUPS, TOKEN_INFORMATION_CLASS, TOKEN_QUERY, TOKEN_USER,
     },
     Storage::FileSystem::{SECURITY_IDENTIFICATION, SECURITY_IMPERSONATION},
     System::{
@@ -117,7 +117,10 @@ pub(crate) fn full_path(name: &str, remote: bool) -> io::Result<Option<PathBuf>>
             r"invalid pipe path {name:?}: expected \\.\pipe\NAME"
         )));
     }
-    if rest.split(['\\', '/']).any(|c| c == "." || c == "..") {
+    if rest
+        .split(['\\', '/'])
+        .any(|c| !c.is_empty() && c.chars().all(|ch| ch == '.' || ch == ' '))
+    {
         return Err(invalid(format!(
             "invalid pipe path {name:?}: '.' and '..' components are refused"
         )));
@@ -489,6 +492,23 @@ impl Impersonation {
     /// anything was read from the client (`ERROR_CANNOT_IMPERSONATE`: Windows
     /// allows it only after a read); the OS error otherwise.
     pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> io::Result<R> {
+        thread_local! {
+            static ACTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+        }
+        // Reverting ends every impersonation of the thread: a nested one
+        // would leave the outer closure running as the server.
+        if ACTING.with(|acting| acting.replace(true)) {
+            return Err(io::Error::other(
+                "already acting as a client on this thread: impersonations do not nest",
+            ));
+        }
+        struct Done;
+        impl Drop for Done {
+            fn drop(&mut self) {
+                ACTING.with(|acting| acting.set(false));
+            }
+        }
+        let _done = Done;
         // Held while acting: the pipe cannot be disconnected (and handed to
         // another client) meanwhile.
         let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
@@ -548,10 +568,19 @@ fn client_session(pipe: &NamedPipeServer) -> Option<u32> {
     (ok != 0).then_some(session)
 }
 
-/// Who a process runs as: its token's user SID, in string form.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Who a process runs as: its token's user SID, in string form; for a
+/// client, also its token, kept from the connect for group checks (so they
+/// never look the process up again by an id it may have given up).
+#[derive(Clone)]
 pub(crate) struct User {
     pub(crate) sid: String,
+    token: Option<Arc<OwnedHandle>>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("User").field(&self.sid).finish()
+    }
 }
 
 impl User {
@@ -560,6 +589,7 @@ impl User {
         let parsed = Sid::parse(sid)?;
         Ok(User {
             sid: sid_string(parsed.0)?,
+            token: None,
         })
     }
 
@@ -589,10 +619,12 @@ pub(crate) fn current_user() -> io::Result<User> {
     token_user(&token)
 }
 
-/// Who process `pid` runs as.
+/// Who process `pid` runs as, with its token kept.
 fn process_user(pid: u32) -> io::Result<User> {
     let token = process_token(pid)?;
-    token_user(&token)
+    let mut user = token_user(&token)?;
+    user.token = Some(Arc::new(token));
+    Ok(user)
 }
 
 /// Who runs the server end of a client's pipe
@@ -607,21 +639,41 @@ pub(crate) fn server_user(pipe: &ClientIo) -> io::Result<User> {
     process_user(pid)
 }
 
-/// Whether process `pid`'s token holds the group `group` (a SID string).
-pub(crate) fn in_group(pid: u32, group: &str) -> io::Result<bool> {
+/// Whether `user`'s token (kept from the connect) holds the group `group`
+/// (a SID string), enabled: a deny-only group (Administrators in an
+/// unelevated admin's token) or a disabled one does not count.
+pub(crate) fn in_group(user: &User, group: &str) -> io::Result<bool> {
+    const SE_GROUP_ENABLED: u32 = 0x4;
+    const SE_GROUP_USE_FOR_DENY_ONLY: u32 = 0x10;
     let group = Sid::parse(group)?;
-    let token = process_token(pid)?;
-    let buf = token_information(&token, TokenGroups)?;
-    // Safety: `buf` holds a TOKEN_GROUPS, aligned (u64 storage), whose
-    // `GroupCount` entries follow it in the same buffer.
+    let token = user.token.as_ref().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::NotFound, "the client's token was not kept")
+    })?;
+    let buf = token_information(token, TokenGroups)?;
+    let bytes = buf.len() * 8;
+    let base = buf.as_ptr() as *const TOKEN_GROUPS;
+    // Safety: `buf` holds a TOKEN_GROUPS (checked to fit its header), aligned
+    // (u64 storage); its `GroupCount` entries follow in the same buffer
+    // (checked below). The entries are reached through a raw pointer to the
+    // whole buffer, not through the one-element array of the header.
     let groups = unsafe {
-        let header = &*(buf.as_ptr() as *const TOKEN_GROUPS);
-        std::slice::from_raw_parts(header.Groups.as_ptr(), header.GroupCount as usize)
+        if bytes < size_of::<TOKEN_GROUPS>() {
+            return Err(io::Error::other("short TOKEN_GROUPS"));
+        }
+        let count = (*base).GroupCount as usize;
+        let first = std::ptr::addr_of!((*base).Groups).cast::<SID_AND_ATTRIBUTES>();
+        let end = (first as usize - base as usize) + count * size_of::<SID_AND_ATTRIBUTES>();
+        if end > bytes {
+            return Err(io::Error::other("TOKEN_GROUPS overruns its buffer"));
+        }
+        std::slice::from_raw_parts(first, count)
     };
-    // Safety: both SIDs are valid for the call: one in `buf`, one owned.
-    Ok(groups
-        .iter()
-        .any(|g| unsafe { EqualSid(g.Sid, group.0) } != 0))
+    Ok(groups.iter().any(|g| {
+        g.Attributes & SE_GROUP_ENABLED != 0
+            && g.Attributes & SE_GROUP_USE_FOR_DENY_ONLY == 0
+            // Safety: both SIDs are valid for the call: one in `buf`, one owned.
+            && unsafe { EqualSid(g.Sid, group.0) } != 0
+    }))
 }
 
 /// A process's token, for querying.
@@ -682,10 +734,15 @@ fn token_information(token: &OwnedHandle, class: TOKEN_INFORMATION_CLASS) -> io:
 /// The user of a token.
 fn token_user(token: &OwnedHandle) -> io::Result<User> {
     let buf = token_information(token, TokenUser)?;
-    // Safety: `buf` holds a TOKEN_USER, aligned, whose SID lives in `buf`.
+    if buf.len() * 8 < size_of::<TOKEN_USER>() {
+        return Err(io::Error::other("short TOKEN_USER"));
+    }
+    // Safety: `buf` holds a TOKEN_USER (checked to fit), aligned, whose SID
+    // lives in `buf`.
     let sid = unsafe { (*(buf.as_ptr() as *const TOKEN_USER)).User.Sid };
     Ok(User {
         sid: sid_string(sid)?,
+        token: None,
     })
 }
 
