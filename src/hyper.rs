@@ -63,6 +63,35 @@ use crate::{
     BoxError, Error,
 };
 
+/// A tower service that answers HTTP requests on the pool's connections:
+/// `Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>`,
+/// sendable, with a sendable `'static` future, an error and a body whose
+/// errors convert into a [`BoxError`]. An axum `Router` is one. Implemented
+/// for every such service; the bound of [`serve`] and [`serve_with`],
+/// written once.
+pub trait HttpService:
+    Service<
+        Request<::hyper::body::Incoming>,
+        Response = Response<Self::Body>,
+        Future: Send + 'static,
+        Error: Into<BoxError>,
+    > + Send
+    + 'static
+{
+    /// The response body.
+    type Body: Body<Data: Send, Error: Into<BoxError>> + Send + 'static;
+}
+
+impl<S, B> HttpService for S
+where
+    S: Service<Request<::hyper::body::Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Body<Data: Send, Error: Into<BoxError>> + Send + 'static,
+{
+    type Body = B;
+}
+
 /// Serves `svc` over HTTP/1.1 and HTTP/2 on every connection of `server`'s
 /// pool; returns a [`Serve`] future, with
 /// [`with_graceful_shutdown`](Serve::with_graceful_shutdown) as for framed
@@ -79,16 +108,11 @@ use crate::{
 /// # Examples
 ///
 /// See the [module docs](self).
-pub fn serve<F, L, S, B>(server: Server<F, L>, svc: S) -> Serve
+pub fn serve<F, L, S>(server: Server<F, L>, svc: S) -> Serve
 where
     F: MakeTransport,
     L: Source,
-    S: Service<Request<::hyper::body::Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService + Clone,
 {
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1().timer(TokioTimer::new());
@@ -115,7 +139,7 @@ where
 /// pipeserve::hyper::serve_with(server, http, app).await?;
 /// # Ok(()) }
 /// ```
-pub fn serve_with<F, L, S, B>(
+pub fn serve_with<F, L, S>(
     server: Server<F, L>,
     http: auto::Builder<TokioExecutor>,
     svc: S,
@@ -123,17 +147,12 @@ pub fn serve_with<F, L, S, B>(
 where
     F: MakeTransport,
     L: Source,
-    S: Service<Request<::hyper::body::Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService + Clone,
 {
     Serve::new(move |signal| run(server, http, svc, signal))
 }
 
-async fn run<F, L, S, B, G>(
+async fn run<F, L, S, G>(
     server: Server<F, L>,
     http: auto::Builder<TokioExecutor>,
     svc: S,
@@ -142,12 +161,7 @@ async fn run<F, L, S, B, G>(
 where
     F: MakeTransport,
     L: Source,
-    S: Service<Request<::hyper::body::Incoming>, Response = Response<B>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
+    S: HttpService + Clone,
     G: std::future::Future<Output = ()> + Send,
 {
     let drain_timeout = server.drain_timeout();
@@ -212,14 +226,7 @@ where
     // or those whose clients had not closed yet (whichever is more; an
     // aborted connection may be both).
     let cut = aborted.max(incoming.drain(deadline).await);
-    let summary = counters.summary(cut);
-    info!(
-        connections = summary.connections,
-        requests = summary.requests,
-        cut = summary.cut,
-        "shut down"
-    );
-    Ok(summary)
+    Ok(counters.shut_down(cut))
 }
 
 /// Counts a connection task that panicked (hyper catches none).

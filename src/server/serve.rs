@@ -213,12 +213,5 @@ where
     let cut = pool
         .drain(tokio::time::Instant::now() + drain_timeout)
         .await;
-    let summary = counters.summary(cut);
-    info!(
-        connections = summary.connections,
-        requests = summary.requests,
-        cut = summary.cut,
-        "shut down"
-    );
-    Ok(summary)
+    Ok(counters.shut_down(cut))
 }

@@ -95,6 +95,19 @@ impl Counters {
         }
     }
 
+    /// The summary of a server that has shut down, logged.
+    pub(crate) fn shut_down(&self, cut: u64) -> Summary {
+        let summary = self.summary(cut);
+        tracing::info!(
+            connections = summary.connections,
+            requests = summary.requests,
+            cut = summary.cut,
+            refused = summary.stats.refused,
+            "shut down"
+        );
+        summary
+    }
+
     pub(crate) fn active(&self) -> u64 {
         self.active.load(Relaxed)
     }
