@@ -319,7 +319,10 @@ where
         if !shared.authorize.is_empty() {
             let refused = tokio::select! {
                 biased;
-                _ = shared.shutdown.cancelled() => Err("server shutting down".into()),
+                _ = shared.shutdown.cancelled() => {
+                    let _ = slot.release(io).await;
+                    return;
+                }
                 checked = shared.authorize(&info) => checked,
             };
             if let Err(why) = refused {
