@@ -50,6 +50,18 @@
 //!   connection are read ahead; the service is called for them one at a time
 //!   unless [`concurrent_requests`](server::Builder::concurrent_requests).
 //!
+//! # Who is on the other end
+//!
+//! Each connection's [`ConnectionInfo`] says who the client is, from the
+//! system rather than the client's word: its pid, its [`User`] (the token's
+//! SID on Windows, uid and gid on Unix) and, on Windows, its session.
+//! [`authorize`](server::Builder::authorize) refuses clients before a byte of
+//! theirs is read, and on Windows `ConnectionInfo::impersonate` runs a
+//! closure as the client. Clients check who runs the server before they
+//! write ([`server_identity`](client::Builder::server_identity), their own
+//! user by default), so a process of another user that took the name first
+//! gets nothing. `docs/security.md` has the threat model.
+//!
 //! # Connections instead of frames
 //!
 //! [`Server::into_incoming`] hands out the pool's connections as a
