@@ -307,3 +307,34 @@ async fn dropping_the_serve_future_closes_the_pipe_at_once() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connector_refuses_a_server_run_by_another_user_before_sending_anything() {
+    within(60, async {
+        let server = start("http-impostor", 1);
+        #[cfg(windows)]
+        let someone_else = pipeserve::User::parse("S-1-5-18").unwrap();
+        #[cfg(unix)]
+        let someone_else = {
+            let me = pipeserve::User::current().unwrap().uid();
+            pipeserve::User::parse(&(if me == 0 { 65534 } else { 0 }).to_string()).unwrap()
+        };
+        let connector = Connector::new(&server.name)
+            .unwrap()
+            .server_identity(pipeserve::client::ServerIdentity::User(someone_else));
+        let client: Client<Connector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
+        let err = client
+            .get("http://localhost/health".parse().unwrap())
+            .await
+            .unwrap_err();
+        let source = std::error::Error::source(&err).expect("the connector's error");
+        let refused = source
+            .downcast_ref::<pipeserve::Error>()
+            .expect("a pipeserve error");
+        assert!(refused.is_identity(), "{refused}");
+        let summary = server.stop().await;
+        assert_eq!(summary.requests, 0, "nothing reached the server");
+    })
+    .await
+}
