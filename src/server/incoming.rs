@@ -46,8 +46,9 @@ type IoOf<L> = <<L as sys::Listener>::Slot as sys::Slot>::Io;
 /// None of the framed server's per-connection limits (frame length,
 /// pipeline depth, idle and write timeouts) applies to a [`Connection`]: a
 /// client that says nothing holds its instance until the protocol you run
-/// on it gives up, so give that protocol a timeout (hyper's
-/// `header_read_timeout`, tonic's `timeout`, `tokio::time::timeout`).
+/// on it gives up, so give that protocol a limit (hyper's
+/// `header_read_timeout`, tonic's `max_connection_age`,
+/// `tokio::time::timeout`).
 ///
 /// # Examples
 ///

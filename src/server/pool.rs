@@ -329,13 +329,7 @@ where
                 drop(serving);
                 shared.counters.refused.fetch_add(1, Relaxed);
                 debug!(parent: &span, reason = %why, "client refused");
-                if let Err(e) = slot.release(io).await {
-                    shared.counters.instance_failures.fetch_add(1, Relaxed);
-                    warn!(instance = index, error = %e, "disconnecting a refused client failed; replacing the instance");
-                    if let Err(e) = slot.recover() {
-                        warn!(instance = index, error = %e, "replacing the instance failed; will retry");
-                    }
-                }
+                release(&mut slot, io, index, &shared).await;
                 continue;
             }
         }
@@ -372,12 +366,18 @@ where
             debug!(parent: &span, reason = %end, client_closed = closed, "connection closed");
         }
         drop(active);
-        if let Err(e) = slot.release(io).await {
-            shared.counters.instance_failures.fetch_add(1, Relaxed);
-            warn!(instance = index, error = %e, "disconnecting the client failed; replacing the instance");
-            if let Err(e) = slot.recover() {
-                warn!(instance = index, error = %e, "replacing the instance failed; will retry");
-            }
+        release(&mut slot, io, index, &shared).await;
+    }
+}
+
+/// Disconnects a client, readying the instance for the next; replaces the
+/// instance if that fails.
+async fn release<S: Slot>(slot: &mut S, io: S::Io, index: usize, shared: &Shared) {
+    if let Err(e) = slot.release(io).await {
+        shared.counters.instance_failures.fetch_add(1, Relaxed);
+        warn!(instance = index, error = %e, "disconnecting the client failed; replacing the instance");
+        if let Err(e) = slot.recover() {
+            warn!(instance = index, error = %e, "replacing the instance failed; will retry");
         }
     }
 }

@@ -608,15 +608,9 @@ impl User {
 
 /// Who this process runs as.
 pub(crate) fn current_user() -> io::Result<User> {
-    let mut token: HANDLE = ptr::null_mut();
-    // Safety: the pseudo handle of this process needs no closing; `token`
-    // receives a handle we own on success.
-    if unsafe { OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY, &mut token) } == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // Safety: `token` was just opened for us.
-    let token = unsafe { OwnedHandle::from_raw_handle(token as RawHandle) };
-    token_user(&token)
+    // Safety: takes nothing; the pseudo handle it returns needs no closing.
+    let process = unsafe { GetCurrentProcess() };
+    token_user(&open_token(process)?)
 }
 
 /// Who process `pid` runs as, with its token kept.
@@ -685,10 +679,15 @@ fn process_token(pid: u32) -> io::Result<OwnedHandle> {
     }
     // Safety: `process` was just opened for us.
     let process = unsafe { OwnedHandle::from_raw_handle(process as RawHandle) };
+    open_token(process.as_raw_handle() as HANDLE)
+}
+
+/// The token of an open process, for querying.
+fn open_token(process: HANDLE) -> io::Result<OwnedHandle> {
     let mut token: HANDLE = ptr::null_mut();
-    // Safety: `process` is open; `token` receives a handle we own on success.
-    if unsafe { OpenProcessToken(process.as_raw_handle() as HANDLE, TOKEN_QUERY, &mut token) } == 0
-    {
+    // Safety: the caller keeps `process` open for the call; `token` receives
+    // a handle we own on success.
+    if unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut token) } == 0 {
         return Err(io::Error::last_os_error());
     }
     // Safety: `token` was just opened for us.
