@@ -16,8 +16,6 @@
 //! not listening) and retried; then the median ratio pipeserve / baseline.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicU64, Ordering::Relaxed},
         Arc,
@@ -43,6 +41,14 @@ use echo::{
     echo_server::{Echo, EchoServer},
     CountReply, CountRequest, EchoReply, EchoRequest,
 };
+
+/// The child-process plumbing `bench` uses too (`kind` labels `bench`'s
+/// tables; this one labels its rounds by index).
+#[allow(dead_code)]
+#[path = "bench/process.rs"]
+mod process;
+
+use process::{announce, ServerProcess};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -113,49 +119,6 @@ fn main() -> Result<(), BoxError> {
     rt.block_on(drive(o))
 }
 
-/// A server under test, in a child process.
-struct ServerProcess {
-    child: Child,
-    address: String,
-}
-
-impl ServerProcess {
-    fn spawn(kind: &str, instances: usize) -> ServerProcess {
-        let name = format!("pipeserve-bench-grpc-{kind}-{}", std::process::id());
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--serve",
-                kind,
-                "--name",
-                &name,
-                "--instances",
-                &instances.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the server");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let address = loop {
-            let line = lines.next().expect("the server exited").unwrap();
-            if let Some(address) = line.trim().strip_prefix("listening on ") {
-                break address.to_owned();
-            }
-        };
-        ServerProcess { child, address }
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Killed, the server could not remove its socket file.
-        if cfg!(unix) {
-            let _ = std::fs::remove_file(&self.address);
-        }
-    }
-}
-
 struct Round {
     calls_per_s: f64,
     cpu_per_call: Duration,
@@ -186,7 +149,8 @@ async fn drive(o: Options) -> Result<(), BoxError> {
         for k in 0..2 {
             // Alternate which goes first.
             let k = if r % 2 == 0 { k } else { 1 - k };
-            let server = ServerProcess::spawn(kinds[k], o.callers);
+            let server =
+                ServerProcess::spawn(kinds[k], &["--instances".into(), o.callers.to_string()]);
             let round = measure(&server, o.callers, o.duration).await?;
             rounds[k].push(round);
         }
@@ -313,12 +277,6 @@ async fn connect(
             Err(e) => return Err(e),
         }
     }
-}
-
-fn announce(address: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on {address}").unwrap();
-    out.flush().unwrap();
 }
 
 async fn serve(kind: &str, name: &str, instances: usize) -> Result<(), BoxError> {

@@ -18,65 +18,28 @@
 //! `docs/benchmarks.md` holds the current figures.
 
 mod load;
+mod process;
 mod servers;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use pipeserve::test_util::{child_usage, Usage};
-
-/// A server under test, in a child process.
-struct ServerProcess {
-    kind: &'static str,
-    child: Child,
-    address: String,
-}
+use process::ServerProcess;
 
 impl ServerProcess {
-    fn spawn(kind: &'static str, instances: usize, depth: usize) -> ServerProcess {
-        let name = format!("pipeserve-bench-{kind}-{}", std::process::id());
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--serve", kind, "--name", &name])
-            .args([
-                "--instances",
-                &instances.to_string(),
-                "--depth",
-                &depth.to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start the server");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let address = loop {
-            let line = lines.next().expect("the server exited").unwrap();
-            if let Some(address) = line.trim().strip_prefix("listening on ") {
-                break address.to_owned();
-            }
-        };
-        ServerProcess {
-            kind,
-            child,
-            address,
-        }
-    }
-
     fn usage(&self) -> Usage {
         child_usage(&self.child).expect("server CPU and memory")
     }
 }
 
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        // Killed, the server could not remove its socket file.
-        if cfg!(unix) {
-            let _ = std::fs::remove_file(&self.address);
-        }
-    }
+/// The arguments of a server child.
+fn server_args(instances: usize, depth: usize) -> [String; 4] {
+    [
+        "--instances".into(),
+        instances.to_string(),
+        "--depth".into(),
+        depth.to_string(),
+    ]
 }
 
 struct Options {
@@ -265,8 +228,8 @@ async fn bench(o: Options) {
         o.depth
     );
     let servers = [
-        ServerProcess::spawn("raw", instances, o.depth),
-        ServerProcess::spawn("pipeserve", instances, o.depth),
+        ServerProcess::spawn("raw", &server_args(instances, o.depth)),
+        ServerProcess::spawn("pipeserve", &server_args(instances, o.depth)),
     ];
 
     // Idle memory first, on fresh processes: later runs leave freed memory

@@ -2,10 +2,12 @@
 //! pipeserve's echo service, and the echo loop a user would hand-write with
 //! tokio, using tokio's documented one-listener accept pattern.
 
-use std::{convert::Infallible, io::Write};
+use std::convert::Infallible;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::process::announce;
 
 /// Runs a server until the bench kills it; prints `listening on ADDRESS`.
 pub async fn serve(
@@ -30,12 +32,6 @@ pub async fn serve(
         "raw" => raw(name).await,
         other => Err(format!("unknown server {other:?}").into()),
     }
-}
-
-fn announce(address: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "listening on {address}").unwrap();
-    out.flush().unwrap();
 }
 
 /// The hand-written per-connection loop: read a 4-byte length, read the
