@@ -32,11 +32,19 @@ pub struct Usage {
     pub rss: u64,
     /// Peak resident memory (working set), in bytes.
     pub peak_rss: u64,
+    /// Open file descriptors (Unix) or handles (Windows), where the system
+    /// says.
+    pub handles: Option<u64>,
 }
 
 /// What `child` has used so far; `None` where the system does not say.
 pub fn child_usage(child: &std::process::Child) -> Option<Usage> {
-    measure::child_usage(child).map(|(cpu, rss, peak_rss)| Usage { cpu, rss, peak_rss })
+    measure::child_usage(child).map(|(cpu, rss, peak_rss)| Usage {
+        cpu,
+        rss,
+        peak_rss,
+        handles: measure::child_handles(child),
+    })
 }
 
 /// The DACL of the pipe behind `handle`, as SDDL.

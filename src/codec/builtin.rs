@@ -230,6 +230,13 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send> Transport<Io, Bytes, Bytes>
             Inner::Message(t) => t.into_parts(),
         }
     }
+
+    fn write_buffered(&self) -> usize {
+        match &self.0 {
+            Inner::Framed(t) => t.write_buffered(),
+            Inner::Message(t) => t.write_buffered(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -165,6 +165,10 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send> Transport<Io, Bytes, Bytes> for 
         let buffers = Buffers::keep(self.read_buf, self.write.small);
         (self.io, buffers)
     }
+
+    fn write_buffered(&self) -> usize {
+        self.write.queued
+    }
 }
 
 /// Replies waiting to be written, in order.

@@ -111,6 +111,10 @@ impl<Io: AsyncWrite + Unpin> Sink<Bytes> for MessageTransport<Io> {
 impl<Io: AsyncRead + AsyncWrite + Unpin + Send> Transport<Io, Bytes, Bytes>
     for MessageTransport<Io>
 {
+    fn write_buffered(&self) -> usize {
+        self.write.as_ref().map_or(0, Bytes::len)
+    }
+
     fn into_parts(self) -> (Io, Buffers) {
         (self.io, Buffers::keep(self.read_buf, BytesMut::new()))
     }

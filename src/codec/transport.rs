@@ -70,6 +70,13 @@ pub trait Transport<Io, In, Out>:
     /// Gives back the I/O object and the buffers, emptied. Bytes buffered but
     /// not decoded, or not written, are dropped.
     fn into_parts(self) -> (Io, Buffers);
+
+    /// Bytes of frames taken by the sink and not yet written: the server
+    /// reads no further ahead while they hold memory (with zero-copy
+    /// frames, the read buffer itself).
+    fn write_buffered(&self) -> usize {
+        0
+    }
 }
 
 /// Read and write buffers kept by an instance from one connection to the
@@ -221,5 +228,9 @@ where
     fn into_parts(self) -> (Io, Buffers) {
         let parts = self.0.into_parts();
         (parts.io, Buffers::keep(parts.read_buf, parts.write_buf))
+    }
+
+    fn write_buffered(&self) -> usize {
+        self.0.write_buffer().len()
     }
 }

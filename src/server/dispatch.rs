@@ -25,23 +25,25 @@ use std::{
     future::Future,
     io,
     pin::Pin,
-    task::{ready, Context, Poll},
+    task::{ready, Context, Poll, Waker},
     time::Duration,
 };
 
 use futures_util::{stream::FuturesOrdered, Sink, Stream, StreamExt};
 use tokio::time::{sleep_until, Instant, Sleep};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tower_service::Service;
 
 use super::{
     conn::{ConnConfig, End},
+    shutdown::{Shutdown, Signal},
     ErrorReply,
 };
-use crate::error::BoxError;
+use crate::{codec::Transport, error::BoxError};
 
 /// Requests read ahead hold at most about this many bytes (at least one
-/// request is always read), so that large frames are not queued by the dozen.
+/// request is always read), so that large frames are not queued by the
+/// dozen; and no request is read while replies of this many bytes wait to
+/// be written.
 const READ_AHEAD_BYTES: usize = 64 * 1024;
 
 /// What the dispatcher reports back as it goes.
@@ -53,17 +55,17 @@ pub(crate) trait Observer {
 }
 
 /// Serves one connection until it ends, and returns why.
-pub(crate) async fn dispatch<T, S, Req>(
+pub(crate) async fn dispatch<T, Io, S, Req>(
     transport: &mut T,
     svc: S,
     cfg: &ConnConfig,
-    shutdown: &CancellationToken,
+    shutdown: &Shutdown,
     error_reply: Option<&ErrorReply<S::Response>>,
     observer: impl Observer,
     weigh: fn(&Req) -> usize,
 ) -> End
 where
-    T: Stream<Item = io::Result<Req>> + Sink<S::Response, Error = io::Error> + Unpin,
+    T: Transport<Io, Req, S::Response>,
     S: Service<Req>,
     S::Error: Into<BoxError>,
 {
@@ -72,23 +74,26 @@ where
     let mut d = Dispatcher {
         transport,
         svc,
-        queue: VecDeque::with_capacity(depth),
+        // Grows as requests are pipelined: an idle connection holds little.
+        queue: VecDeque::new(),
         queued_bytes: 0,
-        in_flight: FuturesOrdered::new(),
+        in_flight: Calls::new(cfg.concurrent && depth > 1),
         reading: true,
+        read_held: false,
         end: None,
         unflushed: false,
         write_blocked: false,
         depth,
         concurrency: if cfg.concurrent { depth } else { 1 },
-        shutdown: ShutdownSignal::new(shutdown),
-        idle: cfg.idle_timeout.map(|t| Deadline::new(t, now)),
+        shutdown: shutdown.signal(),
+        idle: cfg.idle_timeout.map(Deadline::new),
         last_activity: now,
-        write: cfg.write_timeout.map(|t| Deadline::new(t, now)),
+        write: cfg.write_timeout.map(Deadline::new),
         blocked_since: None,
         error_reply,
         observer,
         weigh,
+        write_buffered: <T as Transport<Io, Req, S::Response>>::write_buffered,
     };
     std::future::poll_fn(|cx| d.poll(cx)).await
 }
@@ -101,9 +106,11 @@ struct Dispatcher<'a, T, S: Service<Req>, Req, O> {
     /// The bytes of the requests in `queue`.
     queued_bytes: usize,
     /// Calls in progress, in request order.
-    in_flight: FuturesOrdered<S::Future>,
+    in_flight: Calls<S::Future>,
     /// Whether more frames are read.
     reading: bool,
+    /// Whether reading waits for the buffered replies to be written.
+    read_held: bool,
     /// Why reading stopped, or the failure that ends the connection.
     end: Option<End>,
     /// Whether replies were encoded but not flushed.
@@ -113,7 +120,7 @@ struct Dispatcher<'a, T, S: Service<Req>, Req, O> {
     write_blocked: bool,
     depth: usize,
     concurrency: usize,
-    shutdown: ShutdownSignal<'a>,
+    shutdown: Signal<'a>,
     /// The idle timeout, measured from `last_activity`.
     idle: Option<Deadline>,
     /// When a request was last read, or replies last encoded or flushed.
@@ -126,6 +133,8 @@ struct Dispatcher<'a, T, S: Service<Req>, Req, O> {
     observer: O,
     /// The bytes a request holds (0 when the framing cannot tell).
     weigh: fn(&Req) -> usize,
+    /// The bytes of replies the transport holds unwritten.
+    write_buffered: fn(&T) -> usize,
 }
 
 impl<T, S, Req, O> Dispatcher<'_, T, S, Req, O>
@@ -141,20 +150,26 @@ where
         self.write_blocked = false;
         let mut active = false;
         loop {
-            let read = self.poll_read(cx);
-            let called = self.poll_call(cx);
-            let written = match self.poll_write(cx) {
-                Ok(written) => written,
+            loop {
+                let read = self.poll_read(cx);
+                let called = self.poll_call(cx);
+                let written = match self.poll_write(cx) {
+                    Ok(written) => written,
+                    Err(end) => return Poll::Ready(end),
+                };
+                active |= read || written;
+                if !(read || called || written) {
+                    break;
+                }
+            }
+            match self.poll_flush(cx) {
+                Ok(flushed) => active |= flushed,
                 Err(end) => return Poll::Ready(end),
-            };
-            active |= read || written;
-            if !(read || called || written) {
+            }
+            // Reading waited for the replies to go out; now they have.
+            if !(self.read_held && (self.write_buffered)(self.transport) == 0) {
                 break;
             }
-        }
-        match self.poll_flush(cx) {
-            Ok(flushed) => active |= flushed,
-            Err(end) => return Poll::Ready(end),
         }
         if self.is_idle() && !self.reading {
             return Poll::Ready(self.end.take().unwrap_or(End::Eof));
@@ -166,14 +181,23 @@ where
     }
 
     /// Reads requests while there is room for another: fewer than `depth`
-    /// unanswered, and under the byte budget (or none queued). Returns
-    /// whether one was read.
+    /// unanswered, under the byte budget (or none queued), and no more
+    /// replies waiting to be written than the budget; once over it, not
+    /// until they are all out (a reply may hold the read buffer: reading on
+    /// would need a new one). Returns whether one was read.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
         let mut read = false;
         while self.reading
             && self.queue.len() + self.in_flight.len() < self.depth
             && (self.queue.is_empty() || self.queued_bytes < READ_AHEAD_BYTES)
         {
+            // Once held, until every reply is out: the hand-written loop's
+            // one buffer per connection.
+            let unwritten = (self.write_buffered)(self.transport);
+            self.read_held = unwritten > 0 && (self.read_held || unwritten >= READ_AHEAD_BYTES);
+            if self.read_held {
+                break;
+            }
             if self.shutdown.is_requested(cx) {
                 self.stop(End::Shutdown);
                 break;
@@ -201,7 +225,7 @@ where
                 Poll::Ready(Ok(())) => {
                     let req = self.queue.pop_front().expect("queue is not empty");
                     self.queued_bytes -= (self.weigh)(&req);
-                    self.in_flight.push_back(self.svc.call(req));
+                    self.in_flight.push(self.svc.call(req));
                     called = true;
                 }
                 Poll::Ready(Err(e)) => {
@@ -227,7 +251,7 @@ where
                     break;
                 }
             }
-            match self.in_flight.poll_next_unpin(cx) {
+            match self.in_flight.poll_next(cx) {
                 Poll::Ready(Some(Ok(reply))) => written |= self.send(reply),
                 Poll::Ready(Some(Err(e))) => match self.error_reply {
                     Some(to_reply) => {
@@ -322,7 +346,7 @@ where
         self.reading = false;
         self.queue.clear();
         self.queued_bytes = 0;
-        self.in_flight = FuturesOrdered::new();
+        self.in_flight.clear();
         if matches!(self.end, None | Some(End::Eof | End::Shutdown)) {
             self.end = Some(end);
         }
@@ -336,6 +360,73 @@ fn classify_read_error(e: io::Error) -> End {
     }
 }
 
+/// The service calls in progress, in request order: one reusable pinned
+/// slot when calls run one at a time (no allocation per request, where a
+/// `FuturesOrdered` allocates a task node for each), a `FuturesOrdered` when
+/// they run concurrently.
+enum Calls<F: Future> {
+    One(Option<Pin<Box<Option<F>>>>),
+    Many(FuturesOrdered<F>),
+}
+
+impl<F: Future> Calls<F> {
+    fn new(concurrent: bool) -> Self {
+        if concurrent {
+            Calls::Many(FuturesOrdered::new())
+        } else {
+            Calls::One(None)
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Calls::One(slot) => slot.as_ref().is_some_and(|s| s.is_some()) as usize,
+            Calls::Many(calls) => calls.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds a call after the others. With `One`, only when empty.
+    fn push(&mut self, call: F) {
+        match self {
+            Calls::One(slot) => {
+                let slot = slot.get_or_insert_with(|| Box::pin(None));
+                debug_assert!(slot.is_none(), "one call at a time");
+                slot.set(Some(call));
+            }
+            Calls::Many(calls) => calls.push_back(call),
+        }
+    }
+
+    /// The output of the oldest call, once it is ready.
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<F::Output>> {
+        match self {
+            Calls::One(None) => Poll::Ready(None),
+            Calls::One(Some(slot)) => {
+                let Some(call) = slot.as_mut().as_pin_mut() else {
+                    return Poll::Ready(None);
+                };
+                let out = ready!(call.poll(cx));
+                slot.set(None);
+                Poll::Ready(Some(out))
+            }
+            Calls::Many(calls) => calls.poll_next_unpin(cx),
+        }
+    }
+
+    /// Drops every call.
+    fn clear(&mut self) {
+        match self {
+            Calls::One(Some(slot)) => slot.set(None),
+            Calls::One(None) => {}
+            Calls::Many(calls) => *calls = FuturesOrdered::new(),
+        }
+    }
+}
+
 /// A timeout measured from a moment that only moves forward (the last
 /// activity, the start of a blocked write).
 ///
@@ -346,58 +437,46 @@ fn classify_read_error(e: io::Error) -> End {
 /// later.
 struct Deadline {
     timeout: Duration,
-    sleep: Pin<Box<Sleep>>,
+    /// Made on the first poll: a write timeout whose writes never block
+    /// costs nothing.
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// The waker the sleep was last registered with: while it is this
+    /// task's and the sleep has not fired, polling it again would only
+    /// register the same waker again (the timer wakes the task when due).
+    registered: Option<Waker>,
 }
 
 impl Deadline {
-    fn new(timeout: Duration, start: Instant) -> Self {
+    fn new(timeout: Duration) -> Self {
         Deadline {
             timeout,
-            sleep: Box::pin(sleep_until(start + timeout)),
+            sleep: None,
+            registered: None,
         }
     }
 
     /// Ready once `timeout` has passed since `since`.
     fn poll_elapsed(&mut self, cx: &mut Context<'_>, since: Instant) -> Poll<()> {
         let due = since + self.timeout;
+        let sleep = self.sleep.get_or_insert_with(|| Box::pin(sleep_until(due)));
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+            && !sleep.is_elapsed()
+        {
+            return Poll::Pending;
+        }
         loop {
-            ready!(self.sleep.as_mut().poll(cx));
-            if self.sleep.deadline() >= due {
+            if sleep.as_mut().poll(cx).is_pending() {
+                self.registered = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            if sleep.deadline() >= due {
                 return Poll::Ready(());
             }
-            self.sleep.as_mut().reset(due);
+            sleep.as_mut().reset(due);
         }
-    }
-}
-
-/// The server's shutdown, as a connection checks it on every read.
-struct ShutdownSignal<'a> {
-    token: &'a CancellationToken,
-    wait: Pin<Box<WaitForCancellationFuture<'a>>>,
-    /// Whether `wait` was polled: its waker is then registered for this
-    /// task, and the token's flag is enough after that (polling again would
-    /// lock the token's waiter list, shared by every connection).
-    armed: bool,
-}
-
-impl<'a> ShutdownSignal<'a> {
-    fn new(token: &'a CancellationToken) -> Self {
-        ShutdownSignal {
-            token,
-            wait: Box::pin(token.cancelled()),
-            armed: false,
-        }
-    }
-
-    fn is_requested(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.token.is_cancelled() {
-            return true;
-        }
-        if !self.armed {
-            self.armed = true;
-            return self.wait.as_mut().poll(cx).is_ready();
-        }
-        false
     }
 }
 
@@ -444,7 +523,7 @@ mod fuzz {
                 let mut transport =
                     BuiltinFraming::new(framing, max).transport(server, Default::default());
                 let echo = tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) });
-                let token = CancellationToken::new();
+                let token = Shutdown::default();
                 let end =
                     dispatch(&mut transport, echo, &cfg, &token, None, Ignore, Bytes::len).await;
                 let (mut io, _) = transport.into_parts();
@@ -580,7 +659,7 @@ mod timers {
                 .transport(server, Default::default());
             // Answers within the poll that read the request.
             let echo = tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) });
-            let token = CancellationToken::new();
+            let token = Shutdown::default();
             let end = dispatch(&mut transport, echo, &cfg, &token, None, Ignore, Bytes::len).await;
             (end, Instant::now())
         });
@@ -626,7 +705,7 @@ mod timers {
                 let len = if req.is_empty() { 64 * 1024 } else { req.len() };
                 Ok::<_, Infallible>(Bytes::from(vec![7u8; len]))
             });
-            let token = CancellationToken::new();
+            let token = Shutdown::default();
             dispatch(&mut transport, big, &cfg, &token, None, Ignore, Bytes::len).await
         });
 
@@ -645,6 +724,88 @@ mod timers {
         client.read_exact(&mut next).await.unwrap();
         assert_eq!(next, [0, 0, 0, 1, 7]);
         drop(client);
+        let end = serving.await.unwrap();
+        assert!(matches!(end, End::Eof), "{end}");
+    }
+}
+
+/// Replies waiting to be written hold back reading, as the hand-written
+/// read-write loop does.
+#[cfg(test)]
+mod backpressure {
+    use std::{
+        convert::Infallible,
+        sync::{
+            atomic::{AtomicUsize, Ordering::SeqCst},
+            Arc,
+        },
+    };
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::codec::{BuiltinFraming, Framing, MakeTransport};
+
+    struct Ignore;
+
+    impl Observer for Ignore {
+        fn answered(&mut self) {}
+        fn error_replied(&mut self, _: &BoxError) {}
+    }
+
+    #[tokio::test]
+    async fn no_request_is_read_while_a_large_reply_waits_for_its_client_and_all_are_answered_once_it_reads(
+    ) {
+        const FRAME: usize = 256 * 1024;
+        const FRAMES: usize = 8;
+        // The client's side holds 64 KiB at most in each direction.
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let serving = tokio::spawn(async move {
+            let cfg = ConnConfig {
+                pipeline_depth: 16,
+                concurrent: false,
+                linger: Duration::from_secs(1),
+                idle_timeout: None,
+                write_timeout: None,
+            };
+            let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20)
+                .transport(server, Default::default());
+            let echo = tower::service_fn(move |req: Bytes| {
+                counted.fetch_add(1, SeqCst);
+                std::future::ready(Ok::<_, Infallible>(req))
+            });
+            let token = Shutdown::default();
+            dispatch(&mut transport, echo, &cfg, &token, None, Ignore, Bytes::len).await
+        });
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let frames: Vec<u8> = (0..FRAMES)
+            .flat_map(|i| {
+                let mut f = (FRAME as u32).to_be_bytes().to_vec();
+                f.extend(std::iter::repeat_n(i as u8, FRAME));
+                f
+            })
+            .collect();
+        let expected = frames.clone();
+        let writer = tokio::spawn(async move {
+            wr.write_all(&frames).await.unwrap();
+            wr
+        });
+        // Nobody reads the replies: the first one fills the pipe, and the
+        // server reads nothing more.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(calls.load(SeqCst), 1, "requests read while a reply waited");
+        assert!(!writer.is_finished());
+
+        // Once the client reads, everything is answered, in order.
+        let mut got = vec![0u8; expected.len()];
+        rd.read_exact(&mut got).await.unwrap();
+        assert!(got == expected, "replies differ from the requests");
+        assert_eq!(calls.load(SeqCst), FRAMES);
+        let mut wr = writer.await.unwrap();
+        wr.shutdown().await.unwrap();
         let end = serving.await.unwrap();
         assert!(matches!(end, End::Eof), "{end}");
     }

@@ -12,6 +12,7 @@ mod info;
 mod listen;
 mod pool;
 mod serve;
+mod shutdown;
 mod stats;
 
 use std::{fmt, sync::Arc, time::Duration};

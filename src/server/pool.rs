@@ -33,12 +33,12 @@ use tokio::{
     task::{Id, JoinSet},
     time::Instant,
 };
-use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, trace, warn, Instrument};
 
 use super::{
     authorize::Authorizer,
     conn::{self, End},
+    shutdown::Shutdown,
     stats::Counters,
     ConnectionInfo,
 };
@@ -76,7 +76,7 @@ pub(crate) struct Handled<Io> {
 pub(crate) struct Shared {
     /// Cancelled when the server stops accepting: instances stop listening,
     /// framed connections stop reading.
-    pub(crate) shutdown: CancellationToken,
+    pub(crate) shutdown: Shutdown,
     /// Set when a graceful shutdown begins: lingering connections wait until
     /// then.
     drain_deadline: OnceLock<Instant>,
@@ -102,7 +102,7 @@ impl Shared {
         authorize: Vec<Authorizer>,
     ) -> Arc<Self> {
         Arc::new(Shared {
-            shutdown: CancellationToken::new(),
+            shutdown: Shutdown::default(),
             drain_deadline: OnceLock::new(),
             counters,
             next_id: AtomicU64::new(0),

@@ -441,8 +441,17 @@ pub(crate) mod measure {
     }
 
     pub(crate) fn open_handles() -> Option<u64> {
+        fds("self")
+    }
+
+    /// The open file descriptors of `child`.
+    pub(crate) fn child_handles(child: &std::process::Child) -> Option<u64> {
+        fds(&child.id().to_string())
+    }
+
+    fn fds(pid: &str) -> Option<u64> {
         if cfg!(target_os = "linux") {
-            std::fs::read_dir("/proc/self/fd")
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
                 .ok()
                 .map(|d| d.count() as u64)
         } else {

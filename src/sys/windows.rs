@@ -1021,6 +1021,18 @@ pub(crate) mod measure {
         process_handle_count().map(u64::from)
     }
 
+    /// The number of handles `child` has open, the same way.
+    pub(crate) fn child_handles(child: &std::process::Child) -> Option<u64> {
+        let mut count = 0u32;
+        // Safety: the handle belongs to `child`, borrowed for the call, and
+        // `count` is a valid place for the result.
+        let ok = unsafe { GetProcessHandleCount(child.as_raw_handle() as HANDLE, &mut count) };
+        if ok != 0 && count > 0 {
+            return Some(u64::from(count));
+        }
+        count_system_handles(child.id()).map(u64::from)
+    }
+
     fn process_handle_count() -> Option<u32> {
         let mut count = 0u32;
         // Safety: the pseudo handle of the current process needs no closing, and
@@ -1029,10 +1041,11 @@ pub(crate) mod measure {
         if ok != 0 && count > 0 {
             return Some(count);
         }
-        count_system_handles()
+        count_system_handles(std::process::id())
     }
 
-    fn count_system_handles() -> Option<u32> {
+    /// The handles of process `pid` in the system's handle table.
+    fn count_system_handles(pid: u32) -> Option<u32> {
         const SYSTEM_HANDLE_INFORMATION: i32 = 16;
         const STATUS_INFO_LENGTH_MISMATCH: i32 = 0xC000_0004_u32 as i32;
         // SYSTEM_HANDLE_INFORMATION: a u32 count, then (from offset 8) entries of
@@ -1061,10 +1074,10 @@ pub(crate) mod measure {
             }
         }
         let entries = u32::from_le_bytes(buf[..4].try_into().ok()?) as usize;
-        let me = std::process::id() as u16;
+        let owner = pid as u16;
         let count = (0..entries)
             .filter_map(|i| buf.get(HEADER + i * ENTRY..HEADER + i * ENTRY + 2))
-            .filter(|pid| u16::from_le_bytes([pid[0], pid[1]]) == me)
+            .filter(|pid| u16::from_le_bytes([pid[0], pid[1]]) == owner)
             .count();
         (count > 0).then_some(count as u32)
     }
