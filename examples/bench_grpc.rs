@@ -1,19 +1,26 @@
-//! gRPC over pipeserve's pool against tonic over the incoming stream a user
-//! would write by hand: tonic's own `UnixListener` stream on Unix, and on
-//! Windows the one-listener pipe loop (create an instance, wait for a
-//! client, hand it out, create the next) that tonic users hand-roll.
+//! gRPC and HTTP over pipeserve's pool against the same servers over the
+//! incoming stream a user would write by hand.
+//!
+//! gRPC: tonic over pipeserve's `Incoming` against tonic's own
+//! `UnixListener` stream on Unix, and on Windows the one-listener pipe loop
+//! (create an instance, wait for a client, hand it out, create the next)
+//! that tonic users hand-roll. HTTP: an axum `Router` through
+//! `pipeserve::hyper::serve` against `axum::serve` on a `UnixListener` (on
+//! Windows, the one-listener loop with hyper-util's auto builder, as axum
+//! users hand-roll it).
 //!
 //! ```text
-//! cargo run --release --example bench_grpc --features tonic -- [--rounds R] [--duration-ms MS] [--callers N]
-//! cargo run --release --example bench_grpc --features tonic -- --serve pipeserve|baseline --name NAME
+//! cargo run --release --example bench_grpc --features tonic,hyper,test-util -- [--rounds R] [--duration-ms MS] [--callers N] [--protocol grpc|http|both]
+//! bench_grpc --serve pipeserve|baseline|http-pipeserve|http-baseline --name NAME --instances N
 //! ```
 //!
-//! Both servers run the same tonic Echo service in a child process; the same
-//! client drives both, alternating, `--rounds` times: `--callers` concurrent
-//! callers, each on its own connection (its own `Channel`), making unary
-//! 64-byte Echo calls for `--duration-ms`. Printed: calls per second, server
-//! CPU per call, and how often a caller's connect found the server busy (or
-//! not listening) and retried; then the median ratio pipeserve / baseline.
+//! Both servers of a protocol run the same service in a child process; the
+//! same client drives both, alternating, `--rounds` times: `--callers`
+//! concurrent callers, each on its own connection (its own `Channel`, its
+//! own HTTP/1.1 connection), making unary 64-byte Echo calls (`POST /echo`)
+//! for `--duration-ms`. Printed: calls per second, server CPU per call, and
+//! how often a caller's connect found the server busy (or not listening) and
+//! retried; then the median ratio pipeserve / baseline.
 
 use std::{
     sync::{
@@ -74,6 +81,14 @@ struct Options {
     rounds: usize,
     duration: Duration,
     callers: usize,
+    protocols: Vec<Protocol>,
+    doc: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    Grpc,
+    Http,
 }
 
 fn parse() -> Result<Options, lexopt::Error> {
@@ -82,6 +97,8 @@ fn parse() -> Result<Options, lexopt::Error> {
         rounds: 5,
         duration: Duration::from_millis(1000),
         callers: 16,
+        protocols: vec![Protocol::Grpc, Protocol::Http],
+        doc: None,
     };
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
@@ -89,13 +106,22 @@ fn parse() -> Result<Options, lexopt::Error> {
             Long("rounds") => o.rounds = parser.value()?.parse()?,
             Long("duration-ms") => o.duration = Duration::from_millis(parser.value()?.parse()?),
             Long("callers") => o.callers = parser.value()?.parse()?,
+            Long("doc") => o.doc = Some(parser.value()?.string()?),
+            Long("protocol") => {
+                o.protocols = match parser.value()?.string()?.as_str() {
+                    "grpc" => vec![Protocol::Grpc],
+                    "http" => vec![Protocol::Http],
+                    "both" => vec![Protocol::Grpc, Protocol::Http],
+                    other => return Err(format!("--protocol {other:?}: grpc, http or both").into()),
+                }
+            }
             Long("quick") => {
                 o.rounds = 1;
                 o.duration = Duration::from_millis(300);
             }
             Short('h') | Long("help") => {
                 println!(
-                    "usage: bench_grpc [--rounds R] [--duration-ms MS] [--callers N] [--quick]"
+                    "usage: bench_grpc [--rounds R] [--duration-ms MS] [--callers N] [--protocol grpc|http|both] [--doc PATH] [--quick]"
                 );
                 std::process::exit(0);
             }
@@ -116,7 +142,51 @@ fn main() -> Result<(), BoxError> {
         eprintln!("bench_grpc: {e}");
         std::process::exit(2);
     });
-    rt.block_on(drive(o))
+    let mut md = format!(
+        "Commit `{}`, {} rounds x {} ms per server.\n\n",
+        std::env::var("BENCH_COMMIT").unwrap_or("(working tree)".into()),
+        o.rounds,
+        o.duration.as_millis()
+    );
+    for &protocol in &o.protocols {
+        md += &rt.block_on(drive(&o, protocol))?;
+        md.push('\n');
+    }
+    if let Some(path) = &o.doc {
+        let section = if cfg!(windows) {
+            "grpc-wine"
+        } else {
+            "grpc-unix"
+        };
+        update_doc(path, section, &md)?;
+    }
+    Ok(())
+}
+
+/// Prints a line and keeps it for the doc.
+macro_rules! say {
+    ($md:expr, $($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        println!("{line}");
+        $md.push_str(&line);
+        $md.push('\n');
+    }};
+}
+
+/// Writes `content` between the doc's `<!-- bench:SECTION -->` markers
+/// (the same markers `bench --doc` fills).
+fn update_doc(path: &str, section: &str, content: &str) -> Result<(), BoxError> {
+    let doc = std::fs::read_to_string(path)?;
+    let open = format!("<!-- bench:{section} -->");
+    let close = format!("<!-- /bench:{section} -->");
+    let start = doc.find(&open).ok_or(format!("no {open} in {path}"))? + open.len();
+    let end = doc[start..]
+        .find(&close)
+        .ok_or(format!("no {close} in {path}"))?
+        + start;
+    let doc = format!("{}\n{}\n{}", &doc[..start], content.trim(), &doc[end..]);
+    std::fs::write(path, doc)?;
+    Ok(())
 }
 
 struct Round {
@@ -125,25 +195,43 @@ struct Round {
     busy: u64,
 }
 
-async fn drive(o: Options) -> Result<(), BoxError> {
+async fn drive(o: &Options, protocol: Protocol) -> Result<String, BoxError> {
+    let mut md = String::new();
     let transport = if cfg!(windows) {
         "named pipes (under Wine)"
     } else {
         "Unix sockets"
     };
-    let baseline = if cfg!(windows) {
-        "one listening pipe instance at a time"
-    } else {
-        "tonic on its own UnixListener stream"
+    let (title, baseline, kinds) = match (protocol, cfg!(windows)) {
+        (Protocol::Grpc, false) => (
+            "gRPC: tonic over pipeserve",
+            "tonic on its own UnixListener stream",
+            ["baseline", "pipeserve"],
+        ),
+        (Protocol::Grpc, true) => (
+            "gRPC: tonic over pipeserve",
+            "one listening pipe instance at a time",
+            ["baseline", "pipeserve"],
+        ),
+        (Protocol::Http, false) => (
+            "HTTP: axum over pipeserve",
+            "axum::serve on a UnixListener",
+            ["http-baseline", "http-pipeserve"],
+        ),
+        (Protocol::Http, true) => (
+            "HTTP: axum over pipeserve",
+            "hyper-util on one listening pipe instance at a time",
+            ["http-baseline", "http-pipeserve"],
+        ),
     };
-    println!("# gRPC: tonic over pipeserve vs {baseline}, {transport}\n");
-    println!(
-        "{} callers, each its own connection, unary Echo of 64 B, {} x {} ms per server, alternating\n",
+    say!(md, "### {title} vs {baseline}, {transport}\n");
+    say!(
+        md,
+        "{} callers, each its own connection, unary echo of 64 B, {} x {} ms per server, alternating\n",
         o.callers,
         o.rounds,
         o.duration.as_millis()
     );
-    let kinds = ["baseline", "pipeserve"];
     let mut rounds: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
     for r in 0..o.rounds {
         for k in 0..2 {
@@ -151,12 +239,18 @@ async fn drive(o: Options) -> Result<(), BoxError> {
             let k = if r % 2 == 0 { k } else { 1 - k };
             let server =
                 ServerProcess::spawn(kinds[k], &["--instances".into(), o.callers.to_string()]);
-            let round = measure(&server, o.callers, o.duration).await?;
+            let round = match protocol {
+                Protocol::Grpc => measure(&server, o.callers, o.duration).await?,
+                Protocol::Http => measure_http(&server, o.callers, o.duration).await?,
+            };
             rounds[k].push(round);
         }
     }
-    println!("| server | calls/s | server CPU per call | busy retries |");
-    println!("|---|---|---|---|");
+    say!(
+        md,
+        "| server | calls/s | server CPU per call | busy retries |"
+    );
+    say!(md, "|---|---|---|---|");
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -170,7 +264,7 @@ async fn drive(o: Options) -> Result<(), BoxError> {
                 .collect(),
         );
         let busy: u64 = rounds[k].iter().map(|r| r.busy).sum();
-        println!("| {kind} | {calls:.0} | {:.1} us | {busy} |", cpu * 1e6);
+        say!(md, "| {kind} | {calls:.0} | {:.1} us | {busy} |", cpu * 1e6);
     }
     let ratios: Vec<f64> = rounds[0]
         .iter()
@@ -182,12 +276,13 @@ async fn drive(o: Options) -> Result<(), BoxError> {
         .zip(&rounds[1])
         .map(|(b, p)| p.cpu_per_call.as_secs_f64() / b.cpu_per_call.as_secs_f64())
         .collect();
-    println!(
+    say!(
+        md,
         "\npipeserve / baseline (median of per-round ratios): calls/s {:.2}x, CPU per call {:.2}x",
         median(ratios),
         median(cpu_ratios)
     );
-    Ok(())
+    Ok(md)
 }
 
 async fn measure(
@@ -235,6 +330,63 @@ async fn measure(
         cpu_per_call: (after.cpu - before.cpu) / calls as u32,
         busy: busy.load(Relaxed),
     })
+}
+
+/// `callers` HTTP/1.1 connections, each posting 64 B to `/echo` and
+/// checking the reply, until `duration` is over.
+async fn measure_http(
+    server: &ServerProcess,
+    callers: usize,
+    duration: Duration,
+) -> Result<Round, BoxError> {
+    use http_body_util::{BodyExt, Full};
+
+    let busy = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let before = child_usage(&server.child).expect("server CPU");
+    let start = Instant::now();
+    let deadline = start + duration;
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (address, busy, calls) = (server.address.clone(), busy.clone(), calls.clone());
+            tokio::spawn(async move {
+                let io = TokioIo::new(connect(&address, &busy).await?);
+                let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+                tokio::spawn(conn);
+                let payload = bytes::Bytes::from(vec![7u8; 64]);
+                while Instant::now() < deadline {
+                    let request = http::Request::post("http://localhost/echo")
+                        .body(Full::new(payload.clone()))?;
+                    let reply = send.send_request(request).await?;
+                    let body = reply.into_body().collect().await?.to_bytes();
+                    if body != payload {
+                        return Err::<(), BoxError>("wrong echo".into());
+                    }
+                    calls.fetch_add(1, Relaxed);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await??;
+    }
+    let elapsed = start.elapsed();
+    let after = child_usage(&server.child).expect("server CPU");
+    let calls = calls.load(Relaxed).max(1);
+    Ok(Round {
+        calls_per_s: calls as f64 / elapsed.as_secs_f64(),
+        cpu_per_call: (after.cpu - before.cpu) / calls as u32,
+        busy: busy.load(Relaxed),
+    })
+}
+
+/// The HTTP service of both HTTP servers.
+fn router() -> axum::Router {
+    axum::Router::new().route(
+        "/echo",
+        axum::routing::post(|body: bytes::Bytes| async move { body }),
+    )
 }
 
 /// One connection, retrying (and counting) "busy" and "not there yet".
@@ -292,6 +444,17 @@ async fn serve(kind: &str, name: &str, instances: usize) -> Result<(), BoxError>
         "baseline" => {
             let path = pipeserve::Address::new(name)?.as_path().to_owned();
             baseline(service, &path).await?;
+        }
+        "http-pipeserve" => {
+            let pipe = pipeserve::Server::builder()
+                .instances(instances)
+                .bind(name)?;
+            announce(&pipe.local_addr().to_string());
+            pipeserve::hyper::serve(pipe, router()).await?;
+        }
+        "http-baseline" => {
+            let path = pipeserve::Address::new(name)?.as_path().to_owned();
+            http_baseline(&path).await?;
         }
         other => return Err(format!("unknown server {other:?}").into()),
     }
@@ -383,4 +546,38 @@ async fn baseline(
     });
     service.serve_with_incoming(incoming).await?;
     Ok(())
+}
+
+/// `axum::serve` on its own `UnixListener`.
+#[cfg(unix)]
+async fn http_baseline(path: &std::path::Path) -> Result<(), BoxError> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    announce(&path.display().to_string());
+    axum::serve(listener, router()).await?;
+    Ok(())
+}
+
+/// The one-listener pipe loop with hyper-util's auto builder, as axum users
+/// hand-roll it (`axum::serve` takes no pipes).
+#[cfg(windows)]
+async fn http_baseline(path: &std::path::Path) -> Result<(), BoxError> {
+    use hyper_util::{rt::TokioExecutor, server::conn::auto, service::TowerToHyperService};
+    use tokio::net::windows::named_pipe::ServerOptions;
+
+    let mut listening = ServerOptions::new()
+        .first_pipe_instance(true)
+        .create(path)?;
+    announce(&path.display().to_string());
+    let service = TowerToHyperService::new(router());
+    loop {
+        listening.connect().await?;
+        let connected = std::mem::replace(&mut listening, ServerOptions::new().create(path)?);
+        let service = service.clone();
+        tokio::spawn(async move {
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(connected), service)
+                .await;
+        });
+    }
 }

@@ -98,7 +98,7 @@ pub async fn run(minutes: f64, sample_secs: u64) -> Output {
     let mut samples = Vec::new();
     loop {
         let u = server.usage();
-        samples.push((u.rss, u.handles));
+        samples.push((start.elapsed(), u.rss, u.handles));
         let line = format!(
             "| {:.1} | {} | {} | {} | {} | {} | {} |",
             start.elapsed().as_secs_f64() / 60.0,
@@ -122,12 +122,15 @@ pub async fn run(minutes: f64, sample_secs: u64) -> Output {
     }
 
     // Growth after warm-up: from the first sample a minute or more in (the
-    // second sample when sampling faster) to the last.
-    let warm = samples.len().min(2).saturating_sub(1);
-    let (warm_rss, warm_handles) = samples[warm];
-    let (last_rss, last_handles) = *samples.last().expect("one sample");
+    // last one, in a soak shorter than that) to the last.
+    let warm = samples
+        .iter()
+        .position(|s| s.0 >= Duration::from_secs(60))
+        .unwrap_or(samples.len() - 1);
+    let (_, warm_rss, warm_handles) = samples[warm];
+    let (_, last_rss, last_handles) = *samples.last().expect("one sample");
     let growth = last_rss as i64 - warm_rss as i64;
-    let max_rss = samples[warm..].iter().map(|s| s.0).max().unwrap_or(0);
+    let max_rss = samples[warm..].iter().map(|s| s.1).max().unwrap_or(0);
     let wrong = counts.wrong.load(Relaxed);
     let mut targets = String::new();
     let mut met = true;

@@ -178,7 +178,9 @@ struct WriteQueue {
     chunks: VecDeque<Bytes>,
     /// Small pieces written after `chunks`, coalesced.
     small: BytesMut,
-    /// Bytes in `chunks` and `small`.
+    /// The bytes at the start of `small` already written.
+    small_sent: usize,
+    /// Bytes in `chunks` and `small` not yet written.
     queued: usize,
 }
 
@@ -187,6 +189,7 @@ impl WriteQueue {
         WriteQueue {
             chunks: VecDeque::new(),
             small,
+            small_sent: 0,
             queued: 0,
         }
     }
@@ -197,12 +200,19 @@ impl WriteQueue {
         if frame.len() < COPY_BELOW {
             self.small.extend_from_slice(&frame);
         } else {
-            if !self.small.is_empty() {
-                self.chunks.push_back(self.small.split().freeze());
-            }
+            self.small_to_chunks();
             self.chunks.push_back(frame);
         }
         self.small.extend_from_slice(suffix);
+    }
+
+    /// Moves the unwritten small pieces behind the chunks.
+    fn small_to_chunks(&mut self) {
+        if self.small.len() > self.small_sent {
+            let mut pending = self.small.split();
+            pending.advance(std::mem::take(&mut self.small_sent));
+            self.chunks.push_back(pending.freeze());
+        }
     }
 
     fn poll_flush<Io: AsyncWrite>(
@@ -210,9 +220,23 @@ impl WriteQueue {
         mut io: Pin<&mut Io>,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        if !self.small.is_empty() {
-            self.chunks.push_back(self.small.split().freeze());
+        if self.chunks.is_empty() {
+            // Only small pieces (small replies): written from the buffer
+            // itself, which is then reused as it is, with no `Bytes` made
+            // and no reallocation.
+            while self.small_sent < self.small.len() {
+                let n = ready!(io.as_mut().poll_write(cx, &self.small[self.small_sent..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.small_sent += n;
+                self.queued -= n;
+            }
+            self.small.clear();
+            self.small_sent = 0;
+            return io.poll_flush(cx);
         }
+        self.small_to_chunks();
         while !self.chunks.is_empty() {
             let n = if io.is_write_vectored() {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
@@ -275,6 +299,40 @@ mod tests {
             expected.extend_from_slice(f);
         }
         assert_eq!(wire, expected);
+    }
+
+    #[tokio::test]
+    async fn replies_queued_behind_a_half_written_small_reply_follow_it_whole_and_in_order() {
+        // 16 bytes of room: the first small reply goes out in part.
+        let (mut peer, io) = tokio::io::duplex(16);
+        let mut t = FramedBytes::new(io, BytesCodec::length(1 << 20), Buffers::default());
+        let first = Bytes::from(vec![1u8; 100]);
+        t.feed(first.clone()).await.unwrap();
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut t).poll_flush(&mut cx).is_pending());
+        assert!(
+            t.write.small_sent > 0,
+            "the first reply was not written in part"
+        );
+        // Then a large reply (written from where it is) and a small one.
+        let rest = [Bytes::from(vec![2u8; 5000]), Bytes::from(vec![3u8; 10])];
+        for f in &rest {
+            Pin::new(&mut t).start_send(f.clone()).unwrap();
+        }
+        let reader = tokio::spawn(async move {
+            let mut wire = Vec::new();
+            peer.read_to_end(&mut wire).await.unwrap();
+            wire
+        });
+        t.flush().await.unwrap();
+        drop(t);
+        let mut expected = Vec::new();
+        for f in std::iter::once(&first).chain(&rest) {
+            expected.extend_from_slice(&(f.len() as u32).to_be_bytes());
+            expected.extend_from_slice(f);
+        }
+        assert_eq!(reader.await.unwrap(), expected);
     }
 
     #[tokio::test]
