@@ -24,6 +24,10 @@ use super::{builtin::BytesCodec, Buffers, Transport};
 
 /// Room made in the read buffer when it runs short.
 const READ_CHUNK: usize = 8 * 1024;
+/// The stack read of a connection whose buffer is empty and held: 4 KiB,
+/// the smallest read mio keeps in flight on a Windows pipe (it sizes the
+/// next read from this one), so an idle pipe holds no more than that.
+const PROBE: usize = 4 * 1024;
 /// Spare room enough to read into without making more.
 const MIN_SPARE: usize = 1024;
 /// Frames smaller than this are copied into the coalescing buffer; larger
@@ -90,7 +94,7 @@ impl<Io: AsyncRead + Unpin> Stream for FramedBytes<Io> {
                     // new buffer for data that may be far off. Read into the
                     // stack; by the time data comes, the old buffer is
                     // usually free again and is reused.
-                    let mut probe = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+                    let mut probe = [MaybeUninit::<u8>::uninit(); PROBE];
                     let mut probe = ReadBuf::uninit(&mut probe);
                     let read = ready!(Pin::new(&mut this.io).poll_read(cx, &mut probe));
                     match read {
