@@ -131,21 +131,31 @@ impl Source for PipeListener {}
 /// Connections from your own listener, from
 /// [`Builder::listener`](super::Builder::listener).
 pub struct AcceptListener<A> {
-    acceptor: Arc<A>,
+    shared: Arc<InTurn<A>>,
     slots: usize,
+}
+
+/// A listener the slots wait on one at a time
+/// ([`accept_in_turn`](sys::accept_in_turn)).
+struct InTurn<A> {
+    acceptor: A,
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl<A> AcceptListener<A> {
     pub(super) fn new(acceptor: A, slots: usize) -> Self {
         AcceptListener {
-            acceptor: Arc::new(acceptor),
+            shared: Arc::new(InTurn {
+                acceptor,
+                turn: tokio::sync::Mutex::new(()),
+            }),
             slots,
         }
     }
 
     /// The listener.
     pub fn get_ref(&self) -> &A {
-        &self.acceptor
+        &self.shared.acceptor
     }
 }
 
@@ -168,26 +178,27 @@ impl<A: Accept> sys::Listener for AcceptListener<A> {
     }
 
     fn spare(&self) -> AcceptSlot<A> {
-        AcceptSlot(self.acceptor.clone())
+        AcceptSlot(self.shared.clone())
     }
 
     fn stop(&self) {}
 
     fn describe(&self) -> String {
-        self.acceptor.describe()
+        self.shared.acceptor.describe()
     }
 }
 
 impl<A: Accept> Source for AcceptListener<A> {}
 
 /// One accept slot on a shared [`Accept`].
-pub(crate) struct AcceptSlot<A>(Arc<A>);
+pub(crate) struct AcceptSlot<A>(Arc<InTurn<A>>);
 
 impl<A: Accept> sys::Slot for AcceptSlot<A> {
     type Io = A::Io;
 
     async fn accept(&mut self) -> io::Result<(A::Io, Peer)> {
-        let (io, pid) = self.0.accept().await?;
+        let shared = &*self.0;
+        let (io, pid) = sys::accept_in_turn(&shared.turn, shared.acceptor.accept()).await?;
         Ok((
             io,
             Peer {

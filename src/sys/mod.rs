@@ -137,3 +137,57 @@ pub(crate) enum Security {
     /// The system's default DACL.
     SystemDefault,
 }
+
+/// Runs `accept` once it is this slot's turn: one slot at a time waits on a
+/// shared listener, the others queue on a fair lock. tokio wakes every task
+/// waiting on a socket's readiness, so a thousand instances waiting on the
+/// listener at once would all wake for each client; in turn, one does.
+/// Cancel safe, as both the lock and `accept` are.
+pub(crate) async fn accept_in_turn<T>(
+    turn: &tokio::sync::Mutex<()>,
+    accept: impl std::future::Future<Output = T>,
+) -> T {
+    let _turn = turn.lock().await;
+    accept.await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering::SeqCst},
+        Arc,
+    };
+
+    use super::accept_in_turn;
+
+    #[tokio::test]
+    async fn of_many_slots_waiting_on_a_listener_one_waits_on_it_and_each_gets_a_client() {
+        let listener = Arc::new(tokio::sync::Notify::new());
+        let turn = Arc::new(tokio::sync::Mutex::new(()));
+        let (waiting, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let slots: Vec<_> = (0..100)
+            .map(|_| {
+                let (listener, turn) = (listener.clone(), turn.clone());
+                let (waiting, most) = (waiting.clone(), most.clone());
+                tokio::spawn(async move {
+                    accept_in_turn(&turn, async {
+                        let now = waiting.fetch_add(1, SeqCst) + 1;
+                        most.fetch_max(now, SeqCst);
+                        // A client arrives.
+                        listener.notified().await;
+                        waiting.fetch_sub(1, SeqCst);
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+            listener.notify_one();
+        }
+        for slot in slots {
+            slot.await.unwrap();
+        }
+        assert_eq!(most.load(SeqCst), 1, "slots waited on the listener at once");
+    }
+}

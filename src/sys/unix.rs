@@ -106,6 +106,9 @@ fn check_len(path: PathBuf) -> io::Result<PathBuf> {
 #[derive(Debug)]
 struct SocketFile {
     listener: UnixListener,
+    /// Whose turn it is to wait on the listener (see
+    /// [`accept_in_turn`](super::accept_in_turn)).
+    turn: tokio::sync::Mutex<()>,
     path: PathBuf,
     dev: u64,
     ino: u64,
@@ -202,6 +205,7 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<PipeListener
     let md = fs::symlink_metadata(path).map_err(|e| at(path, e))?;
     let file = Arc::new(SocketFile {
         listener,
+        turn: tokio::sync::Mutex::new(()),
         path: path.to_owned(),
         dev: md.dev(),
         ino: md.ino(),
@@ -312,7 +316,7 @@ impl super::Slot for PipeSlot {
     type Io = UnixStream;
 
     async fn accept(&mut self) -> io::Result<(UnixStream, Peer)> {
-        accept(&self.file.listener).await
+        super::accept_in_turn(&self.file.turn, accept(&self.file.listener)).await
     }
 
     async fn release(&mut self, stream: UnixStream) -> io::Result<()> {
