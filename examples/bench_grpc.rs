@@ -253,7 +253,12 @@ async fn drive(o: &Options, protocol: Protocol) -> Result<String, BoxError> {
     say!(md, "|---|---|---|---|");
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+        let mid = v.len() / 2;
+        if v.len() % 2 == 1 {
+            v[mid]
+        } else {
+            (v[mid - 1] + v[mid]) / 2.0
+        }
     };
     for (k, kind) in kinds.iter().enumerate() {
         let calls = median(rounds[k].iter().map(|r| r.calls_per_s).collect());

@@ -27,8 +27,6 @@ pub struct ServerCell {
     pub cpu_per_request_us: f64,
     pub busy: u64,
     pub errors: u64,
-    /// Peak resident memory during the cell, where the system can tell.
-    pub peak_rss: Option<u64>,
 }
 
 impl CellResult {
@@ -62,8 +60,8 @@ pub fn mib(bytes: u64) -> String {
 /// The round-trip table: floor, raw and pipeserve side by side.
 pub fn round_trips(cells: &[CellResult]) -> String {
     let mut s = String::new();
-    s.push_str("| clients | payload | depth | floor rt/s | raw rt/s | pipeserve rt/s | **vs raw** | vs floor | CPU/req floor / raw / pipeserve | **CPU vs raw** | CPU vs floor | p50 / p99 raw | p50 / p99 pipeserve | memory taken raw / pipeserve | busy retries raw / pipeserve |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| clients | payload | depth | floor rt/s | raw rt/s | pipeserve rt/s | **vs raw** | vs floor | CPU/req floor / raw / pipeserve | **CPU vs raw** | CPU vs floor | p50 / p99 raw | p50 / p99 pipeserve | busy retries raw / pipeserve |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for c in cells {
         let [floor, raw, ps] = &c.servers[..] else {
             unreachable!("three servers")
@@ -76,13 +74,9 @@ pub fn round_trips(cells: &[CellResult]) -> String {
         } else {
             String::new()
         };
-        let peak = match (raw.peak_rss, ps.peak_rss) {
-            (Some(r), Some(p)) => format!("{} / {}", mib(r), mib(p)),
-            _ => "-".into(),
-        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | **{:.2}** | {:.2} | {} / {} / {} | **{:.2}** | {:.2} | {} / {} | {} / {} | {peak} | {} / {}{errors} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | **{:.2}** | {:.2} | {} / {} / {} | **{:.2}** | {:.2} | {} / {} | {} / {} | {} / {}{errors} |",
             c.clients,
             size(c.payload),
             c.depth,

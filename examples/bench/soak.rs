@@ -121,12 +121,12 @@ pub async fn run(minutes: f64, sample_secs: u64) -> Output {
         let _ = tokio::time::timeout(Duration::from_secs(40), t).await;
     }
 
-    // Growth after warm-up: from the first sample a minute or more in (the
-    // last one, in a soak shorter than that) to the last.
+    // Growth after warm-up: from the first sample a minute or more in (in a
+    // shorter soak, a third of the way) to the last.
     let warm = samples
         .iter()
         .position(|s| s.0 >= Duration::from_secs(60))
-        .unwrap_or(samples.len() - 1);
+        .unwrap_or(samples.len() / 3);
     let (_, warm_rss, warm_handles) = samples[warm];
     let (_, last_rss, last_handles) = *samples.last().expect("one sample");
     let growth = last_rss as i64 - warm_rss as i64;
@@ -164,6 +164,14 @@ pub async fn run(minutes: f64, sample_secs: u64) -> Output {
         ),
         counts.replies.load(Relaxed) > 0,
     );
+    let cut = counts.cut_non_readers.load(Relaxed);
+    if minutes >= 1.0 {
+        // The default write timeout is 30 s.
+        check(
+            format!("the client that never reads was cut by the write timeout: {cut} times"),
+            cut > 0,
+        );
+    }
     out!(md);
     out!(md, "| target | result |");
     out!(md, "|---|---|");

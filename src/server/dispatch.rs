@@ -167,7 +167,7 @@ where
                 Err(end) => return Poll::Ready(end),
             }
             // Reading waited for the replies to go out; now they have.
-            if !(self.read_held && (self.write_buffered)(self.transport) == 0) {
+            if !(self.reading && self.read_held && (self.write_buffered)(self.transport) == 0) {
                 break;
             }
         }
@@ -335,6 +335,7 @@ where
     /// Stops reading; what was read is still answered.
     fn stop(&mut self, end: End) {
         self.reading = false;
+        self.read_held = false;
         if self.end.is_none() {
             self.end = Some(end);
         }
@@ -344,6 +345,7 @@ where
     /// failed one, so the client never gets replies out of order.
     fn fail(&mut self, end: End) {
         self.reading = false;
+        self.read_held = false;
         self.queue.clear();
         self.queued_bytes = 0;
         self.in_flight.clear();
@@ -468,7 +470,13 @@ impl Deadline {
             return Poll::Pending;
         }
         loop {
-            if sleep.as_mut().poll(cx).is_pending() {
+            // Outside the task's cooperative budget: with the budget spent,
+            // `Sleep` returns `Pending` without arming its timer, and the
+            // skip above would then never poll it again.
+            if Pin::new(&mut tokio::task::unconstrained(sleep.as_mut()))
+                .poll(cx)
+                .is_pending()
+            {
                 self.registered = Some(cx.waker().clone());
                 return Poll::Pending;
             }
@@ -808,5 +816,82 @@ mod backpressure {
         wr.shutdown().await.unwrap();
         let end = serving.await.unwrap();
         assert!(matches!(end, End::Eof), "{end}");
+    }
+
+    #[tokio::test]
+    async fn a_call_failing_behind_a_large_reply_ends_the_connection_once_the_reply_is_out() {
+        let (mut client, server) = tokio::io::duplex(16 * 1024);
+        // The server on a thread of its own: were its poll to spin, the
+        // test would still end, and fail.
+        let (done, ended) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let end = rt.block_on(async move {
+                let cfg = ConnConfig {
+                    pipeline_depth: 16,
+                    concurrent: false,
+                    linger: Duration::from_secs(1),
+                    idle_timeout: None,
+                    write_timeout: None,
+                };
+                let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20)
+                    .transport(server, Default::default());
+                // "big" gets a 100 KiB reply; anything else fails.
+                let svc = tower::service_fn(|req: Bytes| async move {
+                    if &req[..] == b"big" {
+                        Ok(Bytes::from(vec![9u8; 100 * 1024]))
+                    } else {
+                        Err::<Bytes, BoxError>("no".into())
+                    }
+                });
+                let token = Shutdown::default();
+                dispatch(&mut transport, svc, &cfg, &token, None, Ignore, Bytes::len).await
+            });
+            let _ = done.send(end);
+        });
+        client
+            .write_all(b"\0\0\0\x03big\0\0\0\x04fail")
+            .await
+            .unwrap();
+        let mut reply = vec![0u8; 4 + 100 * 1024];
+        client.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply[..4], &(100u32 * 1024).to_be_bytes());
+        let end = tokio::task::spawn_blocking(move || ended.recv_timeout(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .expect("the connection never ended");
+        assert!(matches!(end, End::Service(_)), "{end}");
+    }
+}
+
+/// A timeout armed while the task's cooperative budget is spent still fires.
+#[cfg(test)]
+mod deadline {
+    use std::{future::Future, pin::pin};
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deadline_first_polled_with_the_budget_spent_still_fires() {
+        let start = Instant::now();
+        let mut deadline = Deadline::new(Duration::from_secs(5));
+        // One poll: spend the task's budget, then arm the deadline.
+        std::future::poll_fn(|cx| {
+            loop {
+                let spend = pin!(tokio::task::consume_budget());
+                if spend.poll(cx).is_pending() {
+                    break;
+                }
+            }
+            assert!(deadline.poll_elapsed(cx, start).is_pending());
+            Poll::Ready(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let fired = std::future::poll_fn(|cx| Poll::Ready(deadline.poll_elapsed(cx, start))).await;
+        assert!(fired.is_ready(), "the deadline never fired");
     }
 }

@@ -14,9 +14,10 @@ use crate::{
 /// [`Builder::listener`](super::Builder::listener): the same tower service,
 /// framing and limits over TCP, say, for clients on other machines.
 ///
-/// Several tasks call [`accept`](Accept::accept) at once, one per instance
-/// (slot), so `instances` bounds the connections served at once; further
-/// clients wait in the listener's backlog. Implemented for tokio's
+/// One task per instance (slot) takes connections, so `instances` bounds the
+/// connections served at once; further clients wait in the listener's
+/// backlog. They call [`accept`](Accept::accept) at once, or one at a time
+/// when [`in_turn`](Accept::in_turn) says so. Implemented for tokio's
 /// `TcpListener` and, on Unix, `UnixListener`.
 ///
 /// # Examples
@@ -48,6 +49,15 @@ pub trait Accept: Send + Sync + 'static {
     fn describe(&self) -> String {
         type_name::<Self>().to_owned()
     }
+
+    /// Whether the instances should wait in [`accept`](Accept::accept) one
+    /// at a time. tokio's listeners say yes: they wake every task waiting on
+    /// them for each connection, so with many instances, each client would
+    /// wake them all. The default, no, suits an `accept` that does work of
+    /// its own (a handshake), which instances then run at once.
+    fn in_turn(&self) -> bool {
+        false
+    }
 }
 
 impl Accept for tokio::net::TcpListener {
@@ -59,6 +69,10 @@ impl Accept for tokio::net::TcpListener {
         // the last one back.
         let _ = stream.set_nodelay(true);
         Ok((stream, None))
+    }
+
+    fn in_turn(&self) -> bool {
+        true
     }
 
     fn describe(&self) -> String {
@@ -78,6 +92,10 @@ impl Accept for tokio::net::UnixListener {
     async fn accept(&self) -> io::Result<(tokio::net::UnixStream, Option<u32>)> {
         let (stream, peer) = sys::accept(self).await?;
         Ok((stream, peer.pid))
+    }
+
+    fn in_turn(&self) -> bool {
+        true
     }
 }
 
@@ -135,8 +153,8 @@ pub struct AcceptListener<A> {
     slots: usize,
 }
 
-/// A listener the slots wait on one at a time
-/// ([`accept_in_turn`](sys::accept_in_turn)).
+/// A listener, and whose turn it is to wait on it when the slots take
+/// turns ([`Accept::in_turn`], [`accept_in_turn`](sys::accept_in_turn)).
 struct InTurn<A> {
     acceptor: A,
     turn: tokio::sync::Mutex<()>,
@@ -198,7 +216,11 @@ impl<A: Accept> sys::Slot for AcceptSlot<A> {
 
     async fn accept(&mut self) -> io::Result<(A::Io, Peer)> {
         let shared = &*self.0;
-        let (io, pid) = sys::accept_in_turn(&shared.turn, shared.acceptor.accept()).await?;
+        let (io, pid) = if shared.acceptor.in_turn() {
+            sys::accept_in_turn(&shared.turn, shared.acceptor.accept()).await?
+        } else {
+            shared.acceptor.accept().await?
+        };
         Ok((
             io,
             Peer {
