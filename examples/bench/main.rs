@@ -39,6 +39,14 @@ impl ServerProcess {
     fn usage(&self) -> Usage {
         child_usage(&self.child).expect("server CPU and memory")
     }
+
+    /// Restarts the peak-memory count where the system allows (Linux:
+    /// `clear_refs`), so that the peak is the load's, not the start-up's.
+    fn reset_peak(&self) {
+        if cfg!(target_os = "linux") {
+            let _ = std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5");
+        }
+    }
 }
 
 /// The arguments of a server child.
@@ -367,10 +375,14 @@ async fn bench(o: &Options) -> Output {
                 }
                 let mut rounds: Vec<Rounds> = servers.iter().map(|_| Rounds::default()).collect();
                 for round in 0..o.rounds {
-                    // Each round in another order, so no server always
-                    // follows the same one.
+                    // Every other round in reverse order, so that each
+                    // server follows each other one equally often.
                     for k in 0..servers.len() {
-                        let i = (k + round) % servers.len();
+                        let i = if round % 2 == 0 {
+                            k
+                        } else {
+                            servers.len() - 1 - k
+                        };
                         let (s, r) = (&servers[i], &mut rounds[i]);
                         let before = s.usage();
                         let run = load::run(&s.address, clients, payload, depth, o.duration).await;
@@ -431,7 +443,7 @@ async fn bench(o: &Options) -> Output {
     // peak above where it started, with nothing left over from other cells
     // in its allocator.
     out!(md);
-    out!(md, "Memory taken by 256 KiB frames 16 deep (fresh server processes, one {} ms round each; peak minus memory at start):", o.duration.as_millis());
+    out!(md, "Memory taken by 256 KiB frames 16 deep (fresh server processes, {} rounds of {} ms; peak minus memory once serving):", o.rounds, o.duration.as_millis());
     out!(md);
     out!(md, "| clients | raw | pipeserve | ratio |");
     out!(md, "|---|---|---|---|");
@@ -439,6 +451,7 @@ async fn bench(o: &Options) -> Output {
     for &clients in &o.clients {
         let cell = (clients, 256 * 1024, 16);
         if !o.payloads.contains(&cell.1)
+            || !o.depths.contains(&cell.2)
             || o.only.as_ref().is_some_and(|only| !only.contains(&cell))
         {
             continue;
@@ -450,8 +463,11 @@ async fn bench(o: &Options) -> Output {
             // tasks start) before the start is read.
             drop(load::idle(&s.address, 1).await);
             tokio::time::sleep(Duration::from_millis(200)).await;
+            s.reset_peak();
             let start = s.usage().rss;
-            load::run(&s.address, clients, cell.1, cell.2, o.duration).await;
+            for _ in 0..o.rounds {
+                load::run(&s.address, clients, cell.1, cell.2, o.duration).await;
+            }
             *t = s.usage().peak_rss.saturating_sub(start);
         }
         let ratio = taken[1] as f64 / taken[0].max(1) as f64;

@@ -87,10 +87,10 @@ impl<Io: AsyncRead + Unpin> Stream for FramedBytes<Io> {
                 }
             }
             if this.read_buf.is_empty() {
-                // Its frames gone, an empty buffer starts over from its
-                // beginning: all of it is room, so a frame that fits is read
-                // in one call (not its first bytes into the tail, the rest
-                // after moving them to the front).
+                // Its frames gone, an empty buffer with less than a chunk of
+                // room left at its tail starts over from its front, so a
+                // frame that fits is read in one call (not its first bytes
+                // into the tail, the rest after moving them to the front).
                 let _ = this.read_buf.try_reclaim(READ_CHUNK);
             }
             let spare = this.read_buf.capacity() - this.read_buf.len();

@@ -278,6 +278,13 @@ impl<F, E> Builder<F, E> {
     /// Sets how many requests of one connection may be read and not yet
     /// answered (default: 16). Replies are always written in request order.
     /// 1 is the strict read -> reply -> write loop.
+    ///
+    /// Read-ahead is also bounded in bytes: about 64 KiB of requests
+    /// waiting for the service (at least one is always read), and none at
+    /// all while 64 KiB of replies wait to be written, until they are out.
+    /// So a client must read its replies while it writes requests, as
+    /// [`Client`](crate::Client) does; one that writes a large batch before
+    /// reading anything can block both sides.
     pub fn pipeline_depth(mut self, depth: usize) -> Self {
         self.conn.pipeline_depth = depth;
         self
