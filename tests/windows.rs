@@ -32,6 +32,35 @@ async fn message_client(name: &str) -> Client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_carried_a_large_reply_is_replaced_and_the_next_clients_are_served() {
+    within(60, async {
+        // One instance (and its spare): every client after the first two
+        // reaches an instance replaced after a 1 MiB reply.
+        let server = start_echo(
+            "large-replaced",
+            Server::builder()
+                .instances(1)
+                .linger(Duration::from_millis(200)),
+        );
+        for round in 0..4u8 {
+            let client = Client::builder().connect(&server.name).await.unwrap();
+            let big = payload(round, 1 << 20);
+            assert_eq!(
+                client.call(big.clone()).await.unwrap(),
+                big,
+                "client {round}"
+            );
+            let small = payload(round, 10);
+            assert_eq!(client.call(small.clone()).await.unwrap(), small);
+        }
+        let summary = server.stop().await;
+        assert_eq!(summary.connections, 4);
+        assert_eq!(summary.stats.instance_failures, 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_frames_up_to_4095_bytes_round_trip_on_a_fresh_and_a_reused_instance() {
     within(60, async {
         let server = message_server("msg-sizes");

@@ -21,6 +21,7 @@ use std::{
     ptr,
     sync::{Arc, PoisonError, RwLock},
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use tokio::{
@@ -374,6 +375,7 @@ impl super::Slot for PipeSlot {
         let io = ServerPipe {
             impersonation: EndOnDrop(impersonation),
             pipe,
+            large: false,
         };
         Ok((PeerGone(io), peer))
     }
@@ -382,10 +384,19 @@ impl super::Slot for PipeSlot {
         let ServerPipe {
             impersonation,
             pipe,
+            large,
         } = io.0;
         // No one acts as this client from now on: the pipe is about to
-        // serve another.
+        // serve another, or to close.
         drop(impersonation);
+        if large {
+            // mio keeps the buffers of a pipe's last operations (up to
+            // 1 MiB each) for its next ones: an instance reused after large
+            // writes would hold that memory for good, across all instances.
+            // A new instance starts empty, as the hand-written loop's
+            // per-client instances do.
+            return self.replace(pipe).await;
+        }
         let res = pipe.disconnect();
         if res.is_ok() {
             self.pipe = Some(pipe);
@@ -402,13 +413,50 @@ impl super::Slot for PipeSlot {
     }
 }
 
+impl PipeSlot {
+    /// Closes `pipe` and creates a new instance in its place.
+    ///
+    /// The handle closes only once mio has seen its read in flight end
+    /// (disconnecting ends it), on a later turn of the I/O driver; until
+    /// then the name may have all its instances, and creating one is
+    /// "busy". So it is retried for a while.
+    async fn replace(&mut self, pipe: NamedPipeServer) -> io::Result<()> {
+        let _ = pipe.disconnect();
+        drop(pipe);
+        let mut delay = Duration::from_millis(1);
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.instances.create(false) {
+                Ok(next) => {
+                    self.pipe = Some(next);
+                    return Ok(());
+                }
+                Err(e)
+                    if e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32)
+                        && tokio::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// The server's end of a connected pipe. Acting as its client ends before
 /// the pipe is disconnected or closed (the field order says so).
 #[derive(Debug)]
 pub(crate) struct ServerPipe {
     impersonation: EndOnDrop,
     pipe: NamedPipeServer,
+    /// Whether a read or write made mio size a buffer over [`LARGE_IO`]:
+    /// the instance is then replaced, not reused (see `release`).
+    large: bool,
 }
+
+/// The largest read or write after which an instance is still reused.
+const LARGE_IO: usize = 16 * 1024;
 
 impl AsyncRead for ServerPipe {
     fn poll_read(
@@ -416,6 +464,8 @@ impl AsyncRead for ServerPipe {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // mio sizes its next read from this buffer.
+        self.large |= buf.remaining() > LARGE_IO;
         Pin::new(&mut self.pipe).poll_read(cx, buf)
     }
 }
@@ -426,6 +476,8 @@ impl AsyncWrite for ServerPipe {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        // mio copies the whole write into a buffer of its own.
+        self.large |= buf.len() > LARGE_IO;
         Pin::new(&mut self.pipe).poll_write(cx, buf)
     }
 
@@ -434,6 +486,7 @@ impl AsyncWrite for ServerPipe {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.large |= bufs.iter().map(|b| b.len()).sum::<usize>() > LARGE_IO;
         Pin::new(&mut self.pipe).poll_write_vectored(cx, bufs)
     }
 
