@@ -94,6 +94,15 @@ async fn a_stale_socket_file_is_replaced() {
         // A dead server's socket: bound, then the listener closed, the file left.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert!(path.exists());
+        // Dead once connecting is refused: a child process that another test
+        // forked meanwhile holds the listener until it execs.
+        let refused = || {
+            std::os::unix::net::UnixStream::connect(&path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused)
+        };
+        while !refused() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let server = start_echo_on(&name);
         let client = Client::connect(&name).await.unwrap();
         assert_eq!(client.call(Bytes::from("fresh")).await.unwrap(), "fresh");
