@@ -89,23 +89,35 @@ pub struct Buffers {
 }
 
 /// Buffers larger than this are dropped rather than kept for the next
-/// connection: an instance does not hold on to the memory of one big frame.
-const KEEP_AT_MOST: usize = 64 * 1024;
+/// connection: an instance does not hold on to the memory of one big frame,
+/// and a server's instances together keep at most 32 KiB each.
+const KEEP_AT_MOST: usize = 16 * 1024;
 
 impl Buffers {
-    /// Keeps `read` and `write` (emptied) unless they grew large.
-    pub(crate) fn keep(mut read: BytesMut, mut write: BytesMut) -> Buffers {
-        let keep = |b: &mut BytesMut| {
-            if b.capacity() > KEEP_AT_MOST {
-                *b = BytesMut::new();
-            } else {
-                b.clear();
-            }
-        };
-        keep(&mut read);
-        keep(&mut write);
-        Buffers { read, write }
+    /// Keeps `read` and `write` (emptied) for the next connection if each is
+    /// a whole allocation of at most [`KEEP_AT_MOST`] that no frame shares.
+    pub(crate) fn keep(read: BytesMut, write: BytesMut) -> Buffers {
+        Buffers {
+            read: keep_one(read),
+            write: keep_one(write),
+        }
     }
+}
+
+/// The buffer's whole allocation, emptied, if it is small and ours alone;
+/// otherwise none. (After frames were split off, `capacity` is only what is
+/// left at the tail: the allocation behind it may be far larger, and may
+/// still be shared by a frame the service kept.)
+fn keep_one(mut buf: BytesMut) -> BytesMut {
+    buf.clear();
+    // Unique: the allocation itself; shared: a copy of no bytes, no
+    // allocation.
+    let mut whole = Vec::from(buf);
+    if whole.capacity() > KEEP_AT_MOST {
+        return BytesMut::new();
+    }
+    whole.clear();
+    BytesMut::from(bytes::Bytes::from(whole))
 }
 
 pub(crate) mod private {
@@ -232,5 +244,32 @@ where
 
     fn write_buffered(&self) -> usize {
         self.0.write_buffer().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_instance_keeps_a_small_buffer_and_lets_go_of_a_large_or_shared_one() {
+        // Small and ours: kept, whole.
+        let small = BytesMut::with_capacity(8 * 1024);
+        assert!(Buffers::keep(small, BytesMut::new()).read.capacity() >= 8 * 1024);
+
+        // A 256 KiB buffer whose frames were split off: its tail looks
+        // small, its allocation is not.
+        let mut big = BytesMut::with_capacity(256 * 1024);
+        big.resize(256 * 1024 - 100, 7);
+        drop(big.split());
+        assert!(big.capacity() <= KEEP_AT_MOST, "the view left is small");
+        assert_eq!(Buffers::keep(big, BytesMut::new()).read.capacity(), 0);
+
+        // Small, but a frame the service kept still shares it.
+        let mut shared = BytesMut::with_capacity(4 * 1024);
+        shared.extend_from_slice(b"frame");
+        let frame = shared.split().freeze();
+        assert_eq!(Buffers::keep(shared, BytesMut::new()).read.capacity(), 0);
+        assert_eq!(frame, "frame");
     }
 }
