@@ -74,6 +74,7 @@ pub trait Transport<Io, In, Out>:
     /// Bytes of frames taken by the sink and not yet written: the server
     /// reads no further ahead while they hold memory (with zero-copy
     /// frames, the read buffer itself).
+    #[doc(hidden)]
     fn write_buffered(&self) -> usize {
         0
     }
