@@ -488,6 +488,16 @@ impl Deadline {
     }
 }
 
+/// An observer for the tests, which count nothing.
+#[cfg(test)]
+struct Ignore;
+
+#[cfg(test)]
+impl Observer for Ignore {
+    fn answered(&mut self) {}
+    fn error_replied(&mut self, _: &BoxError) {}
+}
+
 /// The connection loop fed arbitrary bytes: it always ends, and it answers
 /// exactly the frames a reference parser finds before the first bad one.
 #[cfg(test)]
@@ -503,13 +513,6 @@ mod fuzz {
         codec::{BuiltinFraming, Framing, MakeTransport, Transport},
         server::conn::close,
     };
-
-    struct Ignore;
-
-    impl Observer for Ignore {
-        fn answered(&mut self) {}
-        fn error_replied(&mut self, _: &BoxError) {}
-    }
 
     /// Serves `input` (then EOF) with an echo service; returns what the
     /// server wrote.
@@ -644,13 +647,6 @@ mod timers {
     use super::*;
     use crate::codec::{BuiltinFraming, Framing, MakeTransport};
 
-    struct Ignore;
-
-    impl Observer for Ignore {
-        fn answered(&mut self) {}
-        fn error_replied(&mut self, _: &BoxError) {}
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_client_asking_every_5_s_is_never_idle_and_a_silent_one_is_closed_300_s_after_its_last_reply(
     ) {
@@ -754,13 +750,6 @@ mod backpressure {
 
     use super::*;
     use crate::codec::{BuiltinFraming, Framing, MakeTransport};
-
-    struct Ignore;
-
-    impl Observer for Ignore {
-        fn answered(&mut self) {}
-        fn error_replied(&mut self, _: &BoxError) {}
-    }
 
     #[tokio::test]
     async fn no_request_is_read_while_a_large_reply_waits_for_its_client_and_all_are_answered_once_it_reads(
