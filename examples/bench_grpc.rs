@@ -57,6 +57,13 @@ mod process;
 
 use process::{announce, ServerProcess};
 
+/// The doc splicing `bench` uses too.
+#[allow(dead_code)]
+#[path = "bench/doc.rs"]
+mod doc;
+
+use doc::out;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 struct EchoService;
@@ -158,34 +165,8 @@ fn main() -> Result<(), BoxError> {
         } else {
             "grpc-unix"
         };
-        update_doc(path, section, &md)?;
+        doc::update_doc(path, section, &md)?;
     }
-    Ok(())
-}
-
-/// Prints a line and keeps it for the doc.
-macro_rules! say {
-    ($md:expr, $($arg:tt)*) => {{
-        let line = format!($($arg)*);
-        println!("{line}");
-        $md.push_str(&line);
-        $md.push('\n');
-    }};
-}
-
-/// Writes `content` between the doc's `<!-- bench:SECTION -->` markers
-/// (the same markers `bench --doc` fills).
-fn update_doc(path: &str, section: &str, content: &str) -> Result<(), BoxError> {
-    let doc = std::fs::read_to_string(path)?;
-    let open = format!("<!-- bench:{section} -->");
-    let close = format!("<!-- /bench:{section} -->");
-    let start = doc.find(&open).ok_or(format!("no {open} in {path}"))? + open.len();
-    let end = doc[start..]
-        .find(&close)
-        .ok_or(format!("no {close} in {path}"))?
-        + start;
-    let doc = format!("{}\n{}\n{}", &doc[..start], content.trim(), &doc[end..]);
-    std::fs::write(path, doc)?;
     Ok(())
 }
 
@@ -224,8 +205,8 @@ async fn drive(o: &Options, protocol: Protocol) -> Result<String, BoxError> {
             ["http-baseline", "http-pipeserve"],
         ),
     };
-    say!(md, "### {title} vs {baseline}, {transport}\n");
-    say!(
+    out!(md, "### {title} vs {baseline}, {transport}\n");
+    out!(
         md,
         "{} callers, each its own connection, unary echo of 64 B, {} x {} ms per server, alternating\n",
         o.callers,
@@ -246,11 +227,11 @@ async fn drive(o: &Options, protocol: Protocol) -> Result<String, BoxError> {
             rounds[k].push(round);
         }
     }
-    say!(
+    out!(
         md,
         "| server | calls/s | server CPU per call | busy retries |"
     );
-    say!(md, "|---|---|---|---|");
+    out!(md, "|---|---|---|---|");
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         let mid = v.len() / 2;
@@ -269,7 +250,7 @@ async fn drive(o: &Options, protocol: Protocol) -> Result<String, BoxError> {
                 .collect(),
         );
         let busy: u64 = rounds[k].iter().map(|r| r.busy).sum();
-        say!(md, "| {kind} | {calls:.0} | {:.1} us | {busy} |", cpu * 1e6);
+        out!(md, "| {kind} | {calls:.0} | {:.1} us | {busy} |", cpu * 1e6);
     }
     let ratios: Vec<f64> = rounds[0]
         .iter()
@@ -281,7 +262,7 @@ async fn drive(o: &Options, protocol: Protocol) -> Result<String, BoxError> {
         .zip(&rounds[1])
         .map(|(b, p)| p.cpu_per_call.as_secs_f64() / b.cpu_per_call.as_secs_f64())
         .collect();
-    say!(
+    out!(
         md,
         "\npipeserve / baseline (median of per-round ratios): calls/s {:.2}x, CPU per call {:.2}x",
         median(ratios),

@@ -23,14 +23,16 @@
 //! chart into `docs/benchmarks.md` (between its `bench:` markers) and
 //! `docs/bench-*.svg`.
 
+mod doc;
 mod load;
 mod process;
 mod report;
 mod servers;
 mod soak;
 
-use std::{fmt::Write as _, time::Duration};
+use std::time::Duration;
 
+use doc::{out, Targets};
 use pipeserve::test_util::{child_usage, Usage};
 use process::ServerProcess;
 use report::{CellResult, ServerCell};
@@ -190,7 +192,7 @@ fn main() {
             (true, false) => "soak-unix",
             (true, true) => "soak-wine",
         };
-        if let Err(e) = report::update_doc(path, section, &out.markdown) {
+        if let Err(e) = doc::update_doc(path, section, &out.markdown) {
             eprintln!("bench: {e}");
             std::process::exit(1);
         }
@@ -214,18 +216,6 @@ pub struct Output {
     /// Whether every target was met.
     pub met: bool,
 }
-
-/// Prints a line and keeps it for the doc.
-macro_rules! out {
-    ($md:expr) => {{ println!(); $md.push('\n'); }};
-    ($md:expr, $($arg:tt)*) => {{
-        let line = format!($($arg)*);
-        println!("{line}");
-        $md.push_str(&line);
-        $md.push('\n');
-    }};
-}
-pub(crate) use out;
 
 /// The median of some ratios.
 fn median(values: impl Iterator<Item = f64>) -> f64 {
@@ -481,16 +471,8 @@ async fn bench(o: &Options) -> Output {
     }
 
     // The performance issue's targets, checked on this run's figures.
-    let mut targets = String::new();
-    let mut met = true;
-    let mut check = |what: String, ok: bool| {
-        met &= ok;
-        let _ = writeln!(
-            targets,
-            "| {what} | {} |",
-            if ok { "met" } else { "**not met**" }
-        );
-    };
+    let mut targets = Targets::default();
+    let mut check = |what: String, ok: bool| targets.check(what, ok);
     let find = |c: usize, p: usize, d: usize| {
         results
             .iter()
@@ -566,16 +548,12 @@ async fn bench(o: &Options) -> Output {
     out!(md);
     out!(md, "Targets:");
     out!(md);
-    out!(md, "| target | result |");
-    out!(md, "|---|---|");
-    for line in targets.lines() {
-        out!(md, "{line}");
-    }
+    targets.print(&mut md);
     let title = format!("pipeserve over {transport}: round trips per cell");
     Output {
         svg: Some(report::chart(&title, &results)),
         markdown: md,
-        met,
+        met: targets.met(),
     }
 }
 

@@ -1,6 +1,6 @@
-//! What the bench prints: markdown tables, the chart (an SVG), and the
-//! splicing of both into `docs/benchmarks.md` between marker comments, so
-//! the doc's figures are always one run of this bench.
+//! The round-trip table and the chart (an SVG) of `bench`; `doc.rs` puts
+//! them into `docs/benchmarks.md`, so the doc's figures are always one run
+//! of this bench.
 
 use std::fmt::Write;
 
@@ -187,32 +187,4 @@ pub fn chart(title: &str, cells: &[CellResult]) -> String {
     );
     s.push_str("</svg>\n");
     s
-}
-
-/// Replaces what lies between `<!-- bench:SECTION -->` and
-/// `<!-- /bench:SECTION -->` in `doc` with `content`.
-pub fn splice(doc: &str, section: &str, content: &str) -> Result<String, String> {
-    let open = format!("<!-- bench:{section} -->");
-    let close = format!("<!-- /bench:{section} -->");
-    let start = doc
-        .find(&open)
-        .ok_or(format!("no {open} marker in the doc"))?
-        + open.len();
-    let end = doc[start..]
-        .find(&close)
-        .ok_or(format!("no {close} marker in the doc"))?
-        + start;
-    Ok(format!(
-        "{}\n{}\n{}",
-        &doc[..start],
-        content.trim(),
-        &doc[end..]
-    ))
-}
-
-/// Writes `content` into the `section` of the doc at `path`.
-pub fn update_doc(path: &str, section: &str, content: &str) -> Result<(), String> {
-    let doc = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let doc = splice(&doc, section, content)?;
-    std::fs::write(path, doc).map_err(|e| format!("{path}: {e}"))
 }

@@ -8,7 +8,6 @@
 //! echo server, 16 instances, default timeouts.
 
 use std::{
-    fmt::Write as _,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
         Arc,
@@ -18,7 +17,13 @@ use std::{
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::{load::connect, out, process::ServerProcess, report::mib, server_args, Output};
+use crate::{
+    doc::{out, Targets},
+    load::connect,
+    process::ServerProcess,
+    report::mib,
+    server_args, Output,
+};
 
 const STEADY: usize = 6;
 const CHURNERS: usize = 2;
@@ -132,16 +137,8 @@ pub async fn run(minutes: f64, sample_secs: u64) -> Output {
     let growth = last_rss as i64 - warm_rss as i64;
     let max_rss = samples[warm..].iter().map(|s| s.1).max().unwrap_or(0);
     let wrong = counts.wrong.load(Relaxed);
-    let mut targets = String::new();
-    let mut met = true;
-    let mut check = |what: String, ok: bool| {
-        met &= ok;
-        let _ = writeln!(
-            targets,
-            "| {what} | {} |",
-            if ok { "met" } else { "**not met**" }
-        );
-    };
+    let mut targets = Targets::default();
+    let mut check = |what: String, ok: bool| targets.check(what, ok);
     check(
         format!(
             "memory growth after warm-up < 2 MiB: {:+.2} MiB (highest {} after warm-up)",
@@ -173,15 +170,11 @@ pub async fn run(minutes: f64, sample_secs: u64) -> Output {
         );
     }
     out!(md);
-    out!(md, "| target | result |");
-    out!(md, "|---|---|");
-    for line in targets.lines() {
-        out!(md, "{line}");
-    }
+    targets.print(&mut md);
     Output {
         markdown: md,
         svg: None,
-        met,
+        met: targets.met(),
     }
 }
 
