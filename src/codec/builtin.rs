@@ -15,13 +15,12 @@ use super::{
     framed::FramedBytes,
     message::MessageTransport,
     transport::{private, Buffers, MakeTransport, Transport},
-    Framing, LineCodec, MAX_MESSAGE_LEN,
+    Framing, LineCodec,
 };
 
 /// A built-in [`Framing`] with its maximum frame length.
 ///
 /// What a server or client built with [`Framing`] frames with; you rarely name
-/// it. For [`Framing::Message`] the limit is at most [`MAX_MESSAGE_LEN`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BuiltinFraming {
     framing: Framing,
@@ -42,17 +41,13 @@ impl BuiltinFraming {
         self.framing
     }
 
-    /// The maximum frame length in bytes, as it applies: for
-    /// [`Framing::Message`] at most [`MAX_MESSAGE_LEN`].
+    /// The maximum frame length in bytes.
     pub fn max_frame_len(&self) -> usize {
-        match self.framing {
-            Framing::Message => self.max_frame_len.min(MAX_MESSAGE_LEN),
-            _ => self.max_frame_len,
-        }
+        self.max_frame_len
     }
 
     /// The same framing with another limit; the same limit with another
-    /// framing. (The limit is kept as asked, and capped where it applies.)
+    /// framing.
     pub(crate) fn with(self, framing: Option<Framing>, max_frame_len: Option<usize>) -> Self {
         BuiltinFraming::new(
             framing.unwrap_or(self.framing),
@@ -178,7 +173,7 @@ enum Inner<Io> {
     Message(MessageTransport<Io>),
 }
 
-impl<Io: AsyncRead + AsyncWrite + Unpin> Stream for BuiltinTransport<Io> {
+impl<Io: AsyncRead + AsyncWrite + Unpin + 'static> Stream for BuiltinTransport<Io> {
     type Item = io::Result<Bytes>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -189,7 +184,7 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Stream for BuiltinTransport<Io> {
     }
 }
 
-impl<Io: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for BuiltinTransport<Io> {
+impl<Io: AsyncRead + AsyncWrite + Unpin + 'static> Sink<Bytes> for BuiltinTransport<Io> {
     type Error = io::Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -221,7 +216,7 @@ impl<Io: AsyncRead + AsyncWrite + Unpin> Sink<Bytes> for BuiltinTransport<Io> {
     }
 }
 
-impl<Io: AsyncRead + AsyncWrite + Unpin + Send> Transport<Io, Bytes, Bytes>
+impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport<Io, Bytes, Bytes>
     for BuiltinTransport<Io>
 {
     fn into_parts(self) -> (Io, Buffers) {
@@ -356,10 +351,11 @@ mod limits {
     use super::*;
 
     #[test]
-    fn message_framing_caps_the_limit_without_forgetting_the_one_asked_for() {
+    fn another_framing_keeps_the_limit_and_another_limit_the_framing() {
         let f = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20);
         let msg = f.with(Some(Framing::Message), None);
-        assert_eq!(msg.max_frame_len(), MAX_MESSAGE_LEN);
+        assert_eq!(msg.max_frame_len(), 1 << 20);
+        assert_eq!(msg.with(None, Some(10)).framing(), Framing::Message);
         assert_eq!(
             msg.with(Some(Framing::Lines), None).max_frame_len(),
             1 << 20

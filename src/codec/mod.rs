@@ -26,23 +26,26 @@
 //!
 //! **Pipe messages** ([`Framing::Message`], Windows only): the pipe runs in
 //! message mode and one pipe message is one frame, as in Microsoft's
-//! overlapped server sample.
+//! overlapped server sample, of any size up to the maximum frame length.
+//! Empty messages are frames too.
 //!
 //! ```text
 //! WriteFile("hello")  ->  [message: h e l l o]  ->  one frame "hello"
 //! ```
 //!
-//! A message frame is at most [`MAX_MESSAGE_LEN`] (4 KiB - 1) bytes, and
-//! empty messages are not frames. tokio's pipes (mio underneath) keep one
-//! overlapped read in flight into their own buffer and swallow
-//! `ERROR_MORE_DATA`, so a message longer than that read is split across reads
-//! without a trace. The first read on a new instance is 4 KiB; pipeserve reads
-//! messages through a 4 KiB window and treats a read that fills it as "frame
-//! too large", which closes that connection. Nothing is ever silently split
-//! or merged. An empty message reads as 0 bytes, which is end-of-stream to
-//! tokio, so an empty reply is refused before it is written. Use
-//! length-delimited framing (which works in message mode too) for larger
-//! frames.
+//! Whoever keeps a read in flight on a message pipe owns its message
+//! boundaries. tokio's pipes (mio underneath) keep one overlapped read in
+//! flight into a buffer of their own from connect on (4 KiB on a new
+//! instance, then 4-64 KiB) and hand on a message cut by it as plain data
+//! (`ERROR_MORE_DATA` is swallowed), so message framing does not use them:
+//! the server's instances and the client's pipe are pipeserve's own,
+//! driven with overlapped I/O. A read that ends with `ERROR_MORE_DATA`
+//! (the message goes on) is followed by one for exactly the rest, sized
+//! with `PeekNamedPipe`; a message over the limit is read on in pieces,
+//! thrown away, and ends its connection as "frame too large"; a 0-byte read
+//! is an empty message, while end of stream is the client closing. Each
+//! frame written is one `WriteFile`. Byte mode, and length-delimited or
+//! line framing in message mode, stay on tokio's pipes.
 //!
 //! **Your own codec**: any tokio-util [`Decoder`] + [`Encoder`], through
 //! [`Codec`] (the server's and client's `codec` setters). Your codec enforces
@@ -72,13 +75,6 @@ pub(crate) use crate::error::{frame_at_least, frame_too_large};
 /// [`LengthDelimitedCodec`].
 pub const DEFAULT_MAX_FRAME_LEN: usize = 8 * 1024 * 1024;
 
-/// The largest frame that [`Framing::Message`] carries: 4 KiB - 1 bytes.
-///
-/// Messages are read through a 4 KiB window (the first read tokio's pipes
-/// make on a new instance); one that fills it may have been cut by the read,
-/// so it is refused. See the [module docs](self).
-pub const MAX_MESSAGE_LEN: usize = crate::sys::MESSAGE_WINDOW - 1;
-
 /// The built-in framings. All carry frames as [`Bytes`].
 ///
 /// See the [module docs](self) for each wire format.
@@ -88,8 +84,7 @@ pub enum Framing {
     /// A 4-byte big-endian length, then the payload (the default).
     #[default]
     LengthDelimited,
-    /// One pipe message is one frame, up to [`MAX_MESSAGE_LEN`] bytes. Windows
-    /// named pipes only: on Unix, binding or connecting with it fails with
+    /// One pipe message is one frame. Windows named pipes only: on Unix, binding or connecting with it fails with
     /// [`Error::is_config`](crate::Error::is_config).
     Message,
     /// `\n`-terminated lines (a trailing `\r` is dropped).

@@ -172,8 +172,9 @@ impl<E> Builder<BuiltinFraming, E> {
 
     /// Sets the maximum frame length in bytes, for requests and replies
     /// (default: 8 MiB). A longer frame ends its connection. The limit is
-    /// checked before anything is allocated for the frame. Message framing
-    /// caps it at [`MAX_MESSAGE_LEN`](crate::codec::MAX_MESSAGE_LEN).
+    /// checked before anything is allocated for the frame (with message
+    /// framing, after the first read of a message, 4-64 KiB, which tells
+    /// its length).
     pub fn max_frame_len(mut self, bytes: usize) -> Self {
         self.framing = self.framing.with(None, Some(bytes));
         self
@@ -472,6 +473,7 @@ where
         let options = sys::ListenOptions {
             instances: sys::pipe_instances(pipe.instances),
             message_mode,
+            message_reads: needs_message,
             in_buffer_size: pipe.in_buffer_size,
             out_buffer_size: pipe.out_buffer_size,
             reject_remote_clients: pipe.reject_remote_clients,

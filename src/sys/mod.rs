@@ -9,8 +9,10 @@
 //! - `full_path` / `portable_path`: name resolution for `Address`;
 //! - `bind`: creates the server's listening side, one [`Slot`] per pipe
 //!   instance (Windows) or accept slot (Unix);
-//! - `pipe_instances`, `MAX_INSTANCES`, `MESSAGE_PIPES`, `MESSAGE_WINDOW`:
-//!   the platform's limits;
+//! - `pipe_instances`, `MAX_INSTANCES`, `MESSAGE_PIPES`: the platform's
+//!   limits;
+//! - `MessagePipe` and `message_pipe`: whole-message reads and writes of a
+//!   connection framed by pipe messages (Windows; elsewhere never made);
 //! - `connect` and `is_busy`: the client's single connection attempt, and
 //!   whether its error is worth retrying; `server_user`: who runs the server
 //!   end of a client's connection;
@@ -36,12 +38,63 @@ mod windows;
 #[cfg(windows)]
 pub(crate) use self::windows::*;
 
-/// Message pipes exist on Windows only, where `MESSAGE_WINDOW` is defined
-/// with the reason for its size; elsewhere message framing is refused at
-/// bind and connect, and this mirrors the Windows value so that the message
-/// framing (and its documented limit) reads the same on every platform.
+/// Message pipes exist on Windows only; elsewhere message framing is refused
+/// at bind and connect, so this is never made.
 #[cfg(not(windows))]
-pub(crate) const MESSAGE_WINDOW: usize = 4096;
+#[derive(Debug)]
+pub(crate) enum MessagePipe {}
+
+#[cfg(not(windows))]
+impl MessagePipe {
+    pub(crate) fn poll_read_message(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+        _max: usize,
+    ) -> std::task::Poll<io::Result<Message>> {
+        match *self {}
+    }
+
+    pub(crate) fn poll_write_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match *self {}
+    }
+
+    pub(crate) fn start_write(&mut self, _: bytes::Bytes) -> io::Result<()> {
+        match *self {}
+    }
+
+    pub(crate) fn writing(&self) -> usize {
+        match *self {}
+    }
+}
+
+/// The connection's message pipe, if `io` is one: a server's or client's
+/// pipe made for message framing.
+#[cfg(not(windows))]
+pub(crate) fn message_pipe<Io: 'static>(_: &mut Io) -> Option<&mut MessagePipe> {
+    None
+}
+
+/// As [`message_pipe`], shared.
+#[cfg(not(windows))]
+pub(crate) fn message_pipe_ref<Io: 'static>(_: &Io) -> Option<&MessagePipe> {
+    None
+}
+
+/// One read of a message pipe.
+#[derive(Debug)]
+// Made on Windows only, as `MessagePipe`.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) enum Message {
+    /// A whole message.
+    Frame(bytes::Bytes),
+    /// A message over the limit, of this many bytes, read and thrown away.
+    TooLarge(u64),
+    /// The client is gone.
+    End,
+}
 
 /// What the platform knows about the client of a new connection, taken
 /// once when it connects.
@@ -110,6 +163,9 @@ pub(crate) struct ListenOptions {
     pub(crate) instances: usize,
     /// Windows: `PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE` instead of bytes.
     pub(crate) message_mode: bool,
+    /// Windows: pipeserve reads and writes whole messages itself (message
+    /// framing; implies `message_mode`), instead of tokio's pipes.
+    pub(crate) message_reads: bool,
     /// Windows: `nInBufferSize`.
     pub(crate) in_buffer_size: u32,
     /// Windows: `nOutBufferSize`.

@@ -1,14 +1,17 @@
 //! Windows named pipes: a fixed pool of overlapped pipe instances.
 //!
-//! Every `unsafe` block of the crate lives in this file: the crate root
-//! denies `unsafe_code`, and only this file allows it.
+//! Every `unsafe` block of the crate lives in this file and in its
+//! `message` module: the crate root denies `unsafe_code`, and only these
+//! allow it.
 //!
 //! Each instance is one tokio `NamedPipeServer` (IOCP-backed overlapped I/O),
 //! reused for client after client as in Microsoft's overlapped server sample:
 //! `ConnectNamedPipe` -> serve -> wait for the client's EOF ->
 //! `DisconnectNamedPipe` -> `ConnectNamedPipe` again. mio >= 1.2.5 cancels
 //! in-flight I/O and drops unread data on disconnect, so nothing of one
-//! client reaches the next.
+//! client reaches the next. Pipes framed by messages are the exception: their
+//! message boundaries belong to whoever reads, so pipeserve drives them
+//! itself ([`MessagePipe`], in `message`).
 
 #![allow(unsafe_code)]
 
@@ -60,19 +63,16 @@ use windows_sys::Win32::{
 
 use super::{ListenOptions, Peer, Security};
 
+mod message;
+
+pub(crate) use self::message::MessagePipe;
+
 /// The most instances of a pipe name (`nMaxInstances`; 255 means
 /// "unlimited" to Windows, so 254 is the most that can be counted on).
 pub(crate) const MAX_INSTANCES: usize = 254;
 
 /// Windows pipes carry messages: message framing is available.
 pub(crate) const MESSAGE_PIPES: bool = true;
-
-/// The read window of message framing: tokio's pipes (mio) keep one
-/// overlapped read in flight into their own buffer, 4 KiB for the first read
-/// after a new instance connects (afterwards the size of the caller's last
-/// read, clamped to 4..64 KiB), and swallow `ERROR_MORE_DATA`. Reading
-/// through exactly this window, a read that fills it may be a cut message.
-pub(crate) const MESSAGE_WINDOW: usize = 4096;
 
 /// The pipe instances to create for `served` connections at once: twice as
 /// many, at most [`MAX_INSTANCES`].
@@ -170,11 +170,16 @@ struct Instances {
 }
 
 impl Instances {
-    fn create(&self, first: bool) -> io::Result<NamedPipeServer> {
+    fn create(&self, first: bool) -> io::Result<Pipe<NamedPipeServer>> {
         let opts = &self.opts;
+        let first = first && opts.first_pipe_instance;
+        if opts.message_reads {
+            return MessagePipe::create(&self.path, first, opts, self.security.as_ref())
+                .map(Pipe::Message);
+        }
         let mut options = ServerOptions::new();
         options
-            .first_pipe_instance(first && opts.first_pipe_instance)
+            .first_pipe_instance(first)
             .max_instances(opts.instances)
             .pipe_mode(if opts.message_mode {
                 PipeMode::Message
@@ -184,7 +189,7 @@ impl Instances {
             .reject_remote_clients(opts.reject_remote_clients)
             .in_buffer_size(opts.in_buffer_size)
             .out_buffer_size(opts.out_buffer_size);
-        match &self.security {
+        let pipe = match &self.security {
             None => options.create(&self.path),
             Some(sd) => {
                 let mut attrs = SECURITY_ATTRIBUTES {
@@ -199,7 +204,8 @@ impl Instances {
                     options.create_with_security_attributes_raw(&self.path, (&raw mut attrs).cast())
                 }
             }
-        }
+        };
+        pipe.map(Pipe::Stream)
     }
 }
 
@@ -342,7 +348,7 @@ fn bind_error(path: &Path, opts: &ListenOptions, index: usize, e: io::Error) -> 
 pub(crate) struct PipeSlot {
     /// `None` while a client is connected (the connection owns it), or after
     /// the instance failed and was dropped.
-    pipe: Option<NamedPipeServer>,
+    pipe: Option<Pipe<NamedPipeServer>>,
     instances: Arc<Instances>,
 }
 
@@ -353,23 +359,27 @@ impl super::Slot for PipeSlot {
         if self.pipe.is_none() {
             self.pipe = Some(self.instances.create(false)?);
         }
-        let pipe = self.pipe.as_ref().expect("pipe instance just ensured");
-        // Cancel safe: the instance stays in the slot until a client is in.
-        match pipe.connect().await {
-            Ok(()) => {}
-            // The client came and went before the connect completed: it is
-            // connected and the first read will see its EOF.
-            Err(e) if e.raw_os_error() == Some(ERROR_NO_DATA as i32) => {}
-            Err(e) => return Err(e),
+        // Cancel safe: the instance stays in the slot until a client is in
+        // (a message pipe's connect in flight with it).
+        match self.pipe.as_mut().expect("pipe instance just ensured") {
+            Pipe::Stream(pipe) => match pipe.connect().await {
+                Ok(()) => {}
+                // The client came and went before the connect completed: it
+                // is connected and the first read will see its EOF.
+                Err(e) if e.raw_os_error() == Some(ERROR_NO_DATA as i32) => {}
+                Err(e) => return Err(e),
+            },
+            Pipe::Message(pipe) => std::future::poll_fn(|cx| pipe.poll_connect(cx)).await?,
         }
         let pipe = self.pipe.take().expect("pipe instance present");
-        let pid = client_pid(&pipe);
-        let impersonation = Impersonation::new(&pipe);
+        let handle = pipe.as_raw_handle() as HANDLE;
+        let pid = client_pid(handle);
+        let impersonation = Impersonation::new(handle);
         let peer = Peer {
             pid,
             // The client's token, through its process: taken now, once.
             user: pid.and_then(|pid| process_user(pid).ok()),
-            session: client_session(&pipe),
+            session: client_session(handle),
             impersonation: Some(impersonation.clone()),
         };
         let io = ServerPipe {
@@ -389,6 +399,15 @@ impl super::Slot for PipeSlot {
         // No one acts as this client from now on: the pipe is about to
         // serve another, or to close.
         drop(impersonation);
+        let pipe = match pipe {
+            Pipe::Stream(pipe) => pipe,
+            // Its buffers are its own: reused, or let go when large.
+            Pipe::Message(mut pipe) => {
+                pipe.disconnect().await?;
+                self.pipe = Some(Pipe::Message(pipe));
+                return Ok(());
+            }
+        };
         if large {
             // mio keeps the buffers of a pipe's last operations (up to
             // 1 MiB each) for its next ones: an instance reused after large
@@ -399,7 +418,7 @@ impl super::Slot for PipeSlot {
         }
         let res = pipe.disconnect();
         if res.is_ok() {
-            self.pipe = Some(pipe);
+            self.pipe = Some(Pipe::Stream(pipe));
         }
         res
     }
@@ -449,7 +468,7 @@ impl PipeSlot {
 #[derive(Debug)]
 pub(crate) struct ServerPipe {
     impersonation: EndOnDrop,
-    pipe: NamedPipeServer,
+    pipe: Pipe<NamedPipeServer>,
     /// Whether a read or write made mio size a buffer over [`LARGE_IO`]:
     /// the instance is then replaced, not reused (see `release`).
     large: bool,
@@ -491,7 +510,7 @@ impl AsyncWrite for ServerPipe {
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.pipe.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -500,6 +519,117 @@ impl AsyncWrite for ServerPipe {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.pipe).poll_shutdown(cx)
+    }
+}
+
+/// A pipe end: tokio's, or for message framing pipeserve's own.
+#[derive(Debug)]
+pub(crate) enum Pipe<S> {
+    Stream(S),
+    Message(MessagePipe),
+}
+
+impl<S> Pipe<S> {
+    fn message(&mut self) -> Option<&mut MessagePipe> {
+        match self {
+            Pipe::Message(pipe) => Some(pipe),
+            Pipe::Stream(_) => None,
+        }
+    }
+}
+
+impl<S: AsRawHandle> AsRawHandle for Pipe<S> {
+    fn as_raw_handle(&self) -> RawHandle {
+        match self {
+            Pipe::Stream(pipe) => pipe.as_raw_handle(),
+            Pipe::Message(pipe) => pipe.as_raw_handle(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Pipe<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Pipe::Stream(pipe) => Pin::new(pipe).poll_read(cx, buf),
+            Pipe::Message(pipe) => Pin::new(pipe).poll_read(cx, buf),
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Pipe<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Pipe::Stream(pipe) => Pin::new(pipe).poll_write(cx, buf),
+            Pipe::Message(pipe) => Pin::new(pipe).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            // tokio's pipes gather the buffers into one `WriteFile`.
+            Pipe::Stream(pipe) => Pin::new(pipe).poll_write_vectored(cx, bufs),
+            // One write, one message: the first buffer (not vectored).
+            Pipe::Message(pipe) => {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+                Pin::new(pipe).poll_write(cx, first)
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        matches!(self, Pipe::Stream(_))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Pipe::Stream(pipe) => Pin::new(pipe).poll_flush(cx),
+            Pipe::Message(pipe) => Pin::new(pipe).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Pipe::Stream(pipe) => Pin::new(pipe).poll_shutdown(cx),
+            Pipe::Message(pipe) => Pin::new(pipe).poll_shutdown(cx),
+        }
+    }
+}
+
+/// The connection's message pipe, if `io` is a server's or client's pipe
+/// made for message framing. (A type check the compiler folds away.)
+pub(crate) fn message_pipe<Io: 'static>(io: &mut Io) -> Option<&mut MessagePipe> {
+    let io: &mut dyn std::any::Any = io;
+    if io.is::<PeerGone<ServerPipe>>() {
+        return io.downcast_mut::<PeerGone<ServerPipe>>()?.0.pipe.message();
+    }
+    io.downcast_mut::<ClientIo>()?.0.message()
+}
+
+/// As [`message_pipe`], shared.
+pub(crate) fn message_pipe_ref<Io: 'static>(io: &Io) -> Option<&MessagePipe> {
+    let io: &dyn std::any::Any = io;
+    let pipe = match io.downcast_ref::<PeerGone<ServerPipe>>() {
+        Some(server) => &server.0.pipe,
+        None => match &io.downcast_ref::<ClientIo>()?.0 {
+            Pipe::Message(pipe) => return Some(pipe),
+            Pipe::Stream(_) => return None,
+        },
+    };
+    match pipe {
+        Pipe::Message(pipe) => Some(pipe),
+        Pipe::Stream(_) => None,
     }
 }
 
@@ -530,10 +660,9 @@ unsafe impl Sync for SharedHandle {}
 pub(crate) struct Impersonation(Arc<RwLock<Option<SharedHandle>>>);
 
 impl Impersonation {
-    fn new(pipe: &NamedPipeServer) -> Self {
-        Impersonation(Arc::new(RwLock::new(Some(SharedHandle(
-            pipe.as_raw_handle() as HANDLE,
-        )))))
+    /// For the pipe `pipe`, which must stay open until [`end`](Self::end).
+    fn new(pipe: HANDLE) -> Self {
+        Impersonation(Arc::new(RwLock::new(Some(SharedHandle(pipe)))))
     }
 
     /// Runs `f` on this thread as the client, and reverts, also when `f`
@@ -612,12 +741,12 @@ impl Drop for Revert {
     }
 }
 
-/// The session of the client connected to `pipe`.
-fn client_session(pipe: &NamedPipeServer) -> Option<u32> {
+/// The session of the client connected to `pipe`, an open pipe handle.
+fn client_session(pipe: HANDLE) -> Option<u32> {
     let mut session = 0u32;
-    // Safety: the handle belongs to `pipe`, which outlives the call, and
-    // `session` is a valid place for the result.
-    let ok = unsafe { GetNamedPipeClientSessionId(pipe.as_raw_handle() as HANDLE, &mut session) };
+    // Safety: the caller's pipe is open for the call, and `session` is a
+    // valid place for the result.
+    let ok = unsafe { GetNamedPipeClientSessionId(pipe, &mut session) };
     (ok != 0).then_some(session)
 }
 
@@ -886,12 +1015,12 @@ impl Drop for Sid {
     }
 }
 
-/// The process id of the client connected to `pipe`.
-fn client_pid(pipe: &NamedPipeServer) -> Option<u32> {
+/// The process id of the client connected to `pipe`, an open pipe handle.
+fn client_pid(pipe: HANDLE) -> Option<u32> {
     let mut pid = 0u32;
-    // Safety: the handle belongs to `pipe`, which outlives the call, and `pid`
-    // is a valid place for the result.
-    let ok = unsafe { GetNamedPipeClientProcessId(pipe.as_raw_handle() as HANDLE, &mut pid) };
+    // Safety: the caller's pipe is open for the call, and `pid` is a valid
+    // place for the result.
+    let ok = unsafe { GetNamedPipeClientProcessId(pipe, &mut pid) };
     (ok != 0).then_some(pid)
 }
 
@@ -970,7 +1099,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for PeerGone<T> {
 }
 
 /// The client's I/O object.
-pub(crate) type ClientIo = PeerGone<NamedPipeClient>;
+pub(crate) type ClientIo = PeerGone<Pipe<NamedPipeClient>>;
 
 /// One connection attempt, with identification-level security quality of
 /// service (the server may learn who the client is, not act as it) unless
@@ -980,19 +1109,20 @@ pub(crate) async fn connect(
     message_mode: bool,
     impersonation: bool,
 ) -> io::Result<ClientIo> {
-    let mut options = PipeClientOptions::new();
-    options
-        .security_qos_flags(if impersonation {
-            SECURITY_IMPERSONATION
-        } else {
-            SECURITY_IDENTIFICATION
-        })
-        .pipe_mode(if message_mode {
-            PipeMode::Message
-        } else {
-            PipeMode::Byte
-        });
-    options.open(path).map(PeerGone)
+    let qos = if impersonation {
+        SECURITY_IMPERSONATION
+    } else {
+        SECURITY_IDENTIFICATION
+    };
+    if message_mode {
+        // Message framing: whole messages, read by pipeserve itself.
+        return MessagePipe::open(path, qos).map(|pipe| PeerGone(Pipe::Message(pipe)));
+    }
+    PipeClientOptions::new()
+        .security_qos_flags(qos)
+        .pipe_mode(PipeMode::Byte)
+        .open(path)
+        .map(|pipe| PeerGone(Pipe::Stream(pipe)))
 }
 
 /// Whether a connect error means "no free instance yet" (`ERROR_PIPE_BUSY`)
