@@ -60,33 +60,75 @@ async fn an_instance_that_carried_a_large_reply_is_replaced_and_the_next_clients
     .await
 }
 
+/// The sizes around mio's read sizes (4 KiB first, up to 64 KiB after) and
+/// beyond, and the empty message.
+const SIZES: [usize; 9] = [0, 1, 4095, 4096, 4097, 65535, 65536, 65537, 1 << 20];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn message_frames_up_to_4095_bytes_round_trip_on_a_fresh_and_a_reused_instance() {
-    within(60, async {
-        let server = message_server("msg-sizes");
-        // The first client of a new instance: mio's first read is 4 KiB.
-        let first = message_client(&server.name).await;
-        let big = payload(1, 4095);
-        assert_eq!(first.call(big.clone()).await.unwrap(), big);
-        for size in [1, 100, 4094, 4095] {
-            let req = payload(size as u8, size);
-            assert_eq!(first.call(req.clone()).await.unwrap(), req);
+async fn messages_of_any_size_are_one_frame_each_on_fresh_and_reused_instances() {
+    within(120, async {
+        for size in SIZES {
+            // Two instances (one and its spare), three clients one after the
+            // other: the first message of the first client is the first read
+            // of a new instance; at least one later client has a reused one.
+            let server = message_server("msg-sizes");
+            for client in 0..3u8 {
+                let c = message_client(&server.name).await;
+                let req = payload(client, size);
+                let reply = c.call(req.clone()).await.unwrap();
+                assert!(
+                    reply == req,
+                    "{size} bytes, client {client}: {} back",
+                    reply.len()
+                );
+                // And after a message of another size, on the same connection.
+                let next = payload(client, 4097 - size.min(4097));
+                assert!(
+                    c.call(next.clone()).await.unwrap() == next,
+                    "{size} then {}",
+                    next.len()
+                );
+            }
+            let summary = server.stop().await;
+            assert_eq!(summary.connections, 3, "{size} bytes");
+            assert_eq!(summary.requests, 6, "{size} bytes");
+            assert_eq!(summary.stats.frames_rejected, 0);
         }
-        drop(first);
-        // The same instance, reused.
-        let second = message_client(&server.name).await;
-        assert_eq!(second.call(big.clone()).await.unwrap(), big);
-        drop(second);
-        assert_eq!(server.stop().await.connections, 2);
     })
     .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_of_4096_bytes_or_more_is_too_large_on_a_fresh_and_a_reused_instance() {
+async fn one_connection_carries_messages_of_every_size_in_any_order() {
     within(60, async {
-        for size in [4096, 5000, 100_000] {
-            let server = message_server("msg-over");
+        let server = message_server("msg-mixed");
+        let client = message_client(&server.name).await;
+        for (i, size) in SIZES.iter().chain(SIZES.iter().rev()).enumerate() {
+            let req = payload(i as u8, *size);
+            assert!(
+                client.call(req.clone()).await.unwrap() == req,
+                "{size} bytes"
+            );
+        }
+        drop(client);
+        assert_eq!(server.stop().await.requests, 18);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_limit_ends_its_connection_and_the_next_client_is_served() {
+    within(120, async {
+        const MAX: usize = 65536;
+        for size in [MAX + 1, 1 << 20, 10 << 20] {
+            let server = start_echo(
+                "msg-over",
+                Server::builder()
+                    .instances(1)
+                    .framing(Framing::Message)
+                    .max_frame_len(MAX)
+                    .linger(Duration::from_millis(200)),
+            );
             // Fresh instance, first read.
             let client = message_client(&server.name).await;
             let err = client.call(payload(3, size)).await.unwrap_err();
@@ -94,16 +136,137 @@ async fn a_message_of_4096_bytes_or_more_is_too_large_on_a_fresh_and_a_reused_in
             drop(client);
             // Reused instance: a good call first, then the long one.
             let client = message_client(&server.name).await;
-            assert_eq!(client.call(Bytes::from("ok")).await.unwrap(), "ok");
+            let ok = payload(4, MAX);
+            assert!(client.call(ok.clone()).await.unwrap() == ok);
             let err = client.call(payload(4, size)).await.unwrap_err();
             assert!(err.is_closed(), "{size} bytes on a reused instance: {err}");
             drop(client);
-            // And the instance serves the next client.
+            // And the next client is served.
             let client = message_client(&server.name).await;
             assert_eq!(client.call(Bytes::from("after")).await.unwrap(), "after");
             drop(client);
-            server.stop().await;
+            let summary = server.stop().await;
+            assert_eq!(summary.stats.frames_rejected, 2, "{size} bytes");
+            assert_eq!(summary.connections, 3);
         }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_with_a_message_in_flight_loses_nothing_else() {
+    within(60, async {
+        // A small pipe buffer: a 1 MiB write waits for the server to read.
+        let server = start_echo(
+            "msg-vanish",
+            Server::builder()
+                .instances(2)
+                .framing(Framing::Message)
+                .in_buffer_size(4096)
+                .linger(Duration::from_millis(200)),
+        );
+        let steady = message_client(&server.name).await;
+        assert_eq!(steady.call(Bytes::from("before")).await.unwrap(), "before");
+        let address = pipeserve::Address::new(&server.name).unwrap();
+        for wait_ms in [0, 1, 20] {
+            // The instance of the last one may still be waiting for its EOF.
+            let mut pipe = loop {
+                match ClientOptions::new()
+                    .pipe_mode(TokioPipeMode::Message)
+                    .open(address.as_path())
+                {
+                    Err(e) if e.raw_os_error() == Some(231) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await
+                    }
+                    pipe => break pipe.unwrap(),
+                }
+            };
+            // Handed to an overlapped write, then the handle goes away with
+            // the write in flight.
+            let _ = pipe.write(&payload(9, 1 << 20)).await;
+            tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+            drop(pipe);
+        }
+        // The other client, and the next ones, are served.
+        assert_eq!(steady.call(Bytes::from("during")).await.unwrap(), "during");
+        let next = message_client(&server.name).await;
+        let big = payload(1, 1 << 20);
+        assert!(next.call(big.clone()).await.unwrap() == big);
+        drop((steady, next));
+        let summary = server.stop().await;
+        assert_eq!(summary.connections, 5);
+        assert_eq!(summary.stats.instance_failures, 0);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_with_reads_in_flight_ends_at_once_and_the_clients_see_the_end() {
+    within(60, async {
+        let server = start_echo(
+            "msg-shutdown",
+            Server::builder()
+                .instances(2)
+                .framing(Framing::Message)
+                .linger(Duration::from_millis(200)),
+        );
+        // Connected and served once, then idle: the server has a read in
+        // flight on each, and connects in flight on the other instances.
+        let a = message_client(&server.name).await;
+        let b = message_client(&server.name).await;
+        assert_eq!(a.call(Bytes::from("a")).await.unwrap(), "a");
+        assert_eq!(b.call(Bytes::from("b")).await.unwrap(), "b");
+        let summary = server.stop().await;
+        assert_eq!(summary.connections, 2);
+        assert_eq!(summary.requests, 2);
+        let err = a.call(Bytes::from("after")).await.unwrap_err();
+        assert!(err.is_closed(), "{err}");
+    })
+    .await
+}
+
+#[cfg(feature = "test-util")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_connections_leave_handles_and_memory_flat() {
+    use pipeserve::test_util::{open_handles, resident_memory};
+    within(300, async {
+        let server = start_echo(
+            "msg-cycles",
+            Server::builder().instances(2).framing(Framing::Message),
+        );
+        let cycle = |i: usize| {
+            let name = server.name.clone();
+            async move {
+                let client = message_client(&name).await;
+                let req = payload(i as u8, [1, 5000, 70_000][i % 3]);
+                assert!(client.call(req.clone()).await.unwrap() == req);
+            }
+        };
+        // Warm up: every instance has served, the runtime has its threads.
+        for i in 0..500 {
+            cycle(i).await;
+        }
+        let (handles, memory) = (open_handles().unwrap(), resident_memory().unwrap());
+        for i in 500..5000 {
+            cycle(i).await;
+        }
+        // Let the last disconnects land.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (handles_after, memory_after) = (open_handles().unwrap(), resident_memory().unwrap());
+        eprintln!(
+            "after 500 cycles: {handles} handles, {} KiB; after 5000: {handles_after}, {} KiB",
+            memory / 1024,
+            memory_after / 1024
+        );
+        assert!(
+            handles_after <= handles + 8,
+            "handles grew: {handles} -> {handles_after}"
+        );
+        assert!(
+            memory_after <= memory + 4 * 1024 * 1024,
+            "memory grew: {memory} -> {memory_after}"
+        );
+        assert_eq!(server.stop().await.connections, 5000);
     })
     .await
 }
