@@ -7,6 +7,7 @@
 //! cargo run --release --example bench -- --quick                             # a smoke run
 //! cargo run --release --example bench -- --doc docs/benchmarks.md            # rewrite the doc's figures
 //! cargo run --release --example bench -- --soak 10                           # 10 minutes of mixed load
+//! cargo run --release --example bench --target x86_64-pc-windows-gnu -- --framings   # message vs length framing
 //! bench --serve floor|raw|pipeserve --name NAME --instances N --depth D      # one server, by hand
 //! bench --drive ADDRESS CLIENTS PAYLOAD DEPTH MS                             # load it
 //! ```
@@ -24,6 +25,7 @@
 //! `docs/bench-*.svg`.
 
 mod doc;
+mod framings;
 mod load;
 mod process;
 mod report;
@@ -78,6 +80,9 @@ struct Options {
     soak: Option<f64>,
     /// Seconds between soak samples.
     sample_secs: u64,
+    /// Message framing against length-delimited instead of the matrix.
+    framings: bool,
+    quick: bool,
 }
 
 fn parse() -> Result<Options, String> {
@@ -94,6 +99,8 @@ fn parse() -> Result<Options, String> {
         doc: None,
         soak: None,
         sample_secs: 60,
+        framings: false,
+        quick: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -106,6 +113,7 @@ fn parse() -> Result<Options, String> {
             "--doc" => o.doc = Some(value()?),
             "--soak" => o.soak = Some(num(value()?)?),
             "--sample-secs" => o.sample_secs = num(value()?)? as u64,
+            "--framings" => o.framings = true,
             "--cells" => {
                 let cells = value()?
                     .split(',')
@@ -123,6 +131,7 @@ fn parse() -> Result<Options, String> {
                 o.only = Some(cells);
             }
             "--quick" => {
+                o.quick = true;
                 o.duration = Duration::from_millis(200);
                 o.rounds = 1;
                 o.clients = vec![1, 16];
@@ -183,10 +192,20 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let out = match opts.soak {
         Some(minutes) => rt.block_on(soak::run(minutes, opts.sample_secs)),
+        None if opts.framings => {
+            let only = (opts.only.as_ref()).map(|cells| {
+                cells
+                    .iter()
+                    .map(|&(clients, payload, _)| (clients, payload))
+                    .collect()
+            });
+            rt.block_on(framings::run(opts.rounds, opts.duration, opts.quick, only))
+        }
         None => rt.block_on(bench(&opts)),
     };
     if let Some(path) = &opts.doc {
         let section = match (opts.soak.is_some(), cfg!(windows)) {
+            _ if opts.framings => "framings-wine",
             (false, false) => "unix",
             (false, true) => "wine",
             (true, false) => "soak-unix",

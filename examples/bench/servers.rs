@@ -21,24 +21,30 @@ pub async fn serve(
     instances: usize,
     depth: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    match kind {
-        "pipeserve" => {
-            // The defaults a user gets (idle and write timeouts on), with
-            // room for the bench's frames and clients.
-            let server = pipeserve::Server::builder()
-                .instances(instances)
-                .pipeline_depth(depth)
-                .max_frame_len(1 << 20)
-                .bind(name)?;
-            announce(&server.local_addr().to_string());
-            let echo = tower::service_fn(|req: Bytes| std::future::ready(Ok::<_, Infallible>(req)));
-            server.serve(echo).await?;
-            Ok(())
-        }
-        "raw" => accept_loop(name, echo_frames).await,
-        "floor" => accept_loop(name, echo_bytes).await,
-        other => Err(format!("unknown server {other:?}").into()),
-    }
+    use pipeserve::{codec::Framing, PipeMode};
+    let (framing, pipe_mode) = match kind {
+        "pipeserve" => (Framing::LengthDelimited, PipeMode::Byte),
+        // Windows, for `--framings`: the same framing on a message-mode
+        // pipe, and message framing.
+        "pipeserve-msgpipe" => (Framing::LengthDelimited, PipeMode::Message),
+        "pipeserve-message" => (Framing::Message, PipeMode::Message),
+        "raw" => return accept_loop(name, echo_frames).await,
+        "floor" => return accept_loop(name, echo_bytes).await,
+        other => return Err(format!("unknown server {other:?}").into()),
+    };
+    // The defaults a user gets (idle and write timeouts on), with
+    // room for the bench's frames and clients.
+    let server = pipeserve::Server::builder()
+        .instances(instances)
+        .pipeline_depth(depth)
+        .framing(framing)
+        .pipe_mode(pipe_mode)
+        .max_frame_len(1 << 20)
+        .bind(name)?;
+    announce(&server.local_addr().to_string());
+    let echo = tower::service_fn(|req: Bytes| std::future::ready(Ok::<_, Infallible>(req)));
+    server.serve(echo).await?;
+    Ok(())
 }
 
 /// The hand-written framed loop: read a 4-byte length, read the payload,
