@@ -5,8 +5,8 @@
 //! new instance, then 4-64 KiB), and hands a message cut by that read on as
 //! plain data (`ERROR_MORE_DATA` is swallowed). Whoever keeps a read in
 //! flight owns the message boundaries, so a pipe framed by messages is never
-//! registered with tokio's reactor (nor any completion port); it is driven
-//! here with overlapped I/O of its own:
+//! registered with tokio's reactor; it is driven here with overlapped I/O of
+//! its own:
 //!
 //! - **Waking.** Each direction (read, write) has one `OVERLAPPED` with an
 //!   auto-reset event, waited on for the pipe's life by the system thread
@@ -31,6 +31,16 @@
 //!   direction; before `DisconnectNamedPipe` every operation in flight is
 //!   cancelled and waited for, so the instance is reused with nothing of the
 //!   last client in it.
+//! - **Threads that exit.** Windows cancels the I/O a thread started when
+//!   the thread exits, unless its handle is on a completion port, and
+//!   tokio's threads do exit (a worker that ran `block_in_place` idles out
+//!   of the blocking pool). Every pipe joins a completion port nobody reads
+//!   (each `OVERLAPPED` sets the low bit of its event, so nothing is queued
+//!   to it). Wine cancels such I/O anyway: an operation that ends cancelled,
+//!   with nothing transferred, when we did not cancel it is started again.
+//! - **A client already gone** fails a read or write at once (not through
+//!   the `OVERLAPPED`): the end of the stream, or `BrokenPipe`, as when it
+//!   goes while the operation waits.
 //!
 //! # Safety argument
 //!
@@ -47,12 +57,17 @@
 //! 3. Nothing is freed before its operation completes: dropping the pipe
 //!    first unregisters both waits (`UnregisterWaitEx(.., INVALID_HANDLE_VALUE)`
 //!    returns once no callback runs, so no callback touches an `Op` after
-//!    that), then cancels each operation in flight (`CancelIoEx`) and waits
-//!    for its completion (`GetOverlappedResult(.., TRUE)`, on the event that
-//!    no wait thread consumes any more), and only then drops buffers,
-//!    events and the handle. `disconnect` cancels and awaits the same way.
+//!    that; if it fails, the `Op` is leaked instead), then cancels each
+//!    operation in flight (`CancelIoEx`) and waits until the `OVERLAPPED`
+//!    says it is no longer pending (the event only says when to look again:
+//!    it may hold the signal of an earlier operation), and only then drops
+//!    buffers, events and the handle. `disconnect` cancels and awaits the
+//!    same way.
 //! 4. A wait's callback gets a pointer to its `Op`, which the pipe keeps
 //!    alive until the wait is unregistered (point 3).
+//! 5. The task says it waits (a `SeqCst` swap, a full fence) before it
+//!    looks at the `OVERLAPPED`; the callback runs after the system wrote
+//!    the completion: one of them sees the other, so no wake-up is lost.
 
 use std::{
     cell::UnsafeCell,
@@ -67,7 +82,7 @@ use std::{
     ptr,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     task::{ready, Context, Poll},
 };
@@ -78,7 +93,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use windows_sys::Win32::{
     Foundation::{
         ERROR_IO_INCOMPLETE, ERROR_IO_PENDING, ERROR_MORE_DATA, ERROR_NO_DATA,
-        ERROR_PIPE_CONNECTED, GENERIC_READ, GENERIC_WRITE, HANDLE, INVALID_HANDLE_VALUE,
+        ERROR_OPERATION_ABORTED, ERROR_PIPE_CONNECTED, GENERIC_READ, GENERIC_WRITE, HANDLE,
+        INVALID_HANDLE_VALUE,
     },
     Security::SECURITY_ATTRIBUTES,
     Storage::FileSystem::{
@@ -92,14 +108,14 @@ use windows_sys::Win32::{
             PIPE_REJECT_REMOTE_CLIENTS, PIPE_TYPE_MESSAGE, PIPE_WAIT,
         },
         Threading::{
-            CreateEventW, RegisterWaitForSingleObject, UnregisterWaitEx, INFINITE,
-            WT_EXECUTEINWAITTHREAD,
+            CreateEventW, RegisterWaitForSingleObject, UnregisterWaitEx, WaitForSingleObject,
+            INFINITE, WT_EXECUTEINWAITTHREAD,
         },
-        IO::{CancelIoEx, GetOverlappedResult, OVERLAPPED},
+        IO::{CancelIoEx, CreateIoCompletionPort, GetOverlappedResult, OVERLAPPED},
     },
 };
 
-use super::{peer_gone, SecurityDescriptor};
+use super::{peer_gone, write_error, SecurityDescriptor};
 use crate::sys::{ListenOptions, Message};
 
 /// The first read of a message on a new connection: most messages fit, and
@@ -116,6 +132,31 @@ const DISCARD_READ: usize = 64 * 1024;
 
 /// A read buffer larger than this is let go when the instance is reused.
 const KEEP_AT_MOST: usize = 16 * 1024;
+
+/// The completion port every message pipe is associated with, and that
+/// nobody reads: Windows cancels the I/O a thread started when the thread
+/// exits, unless the handle is on a completion port, and tokio's threads
+/// do exit (a worker that ran `block_in_place` idles out of the blocking
+/// pool). Every `OVERLAPPED` sets the low bit of its event handle, so no
+/// completion is ever queued to it; the events say when operations end.
+fn keep_io_port() -> io::Result<HANDLE> {
+    // The port's handle as a number (a `HANDLE` is a pointer, not `Sync`).
+    static PORT: OnceLock<Result<usize, i32>> = OnceLock::new();
+    let port = PORT.get_or_init(|| {
+        // Safety: makes a new port, associated with no handle yet; it stays
+        // open for the process's life.
+        let port = unsafe { CreateIoCompletionPort(INVALID_HANDLE_VALUE, ptr::null_mut(), 0, 1) };
+        if port.is_null() {
+            Err(io::Error::last_os_error().raw_os_error().unwrap_or(0))
+        } else {
+            Ok(port as usize)
+        }
+    });
+    match *port {
+        Ok(port) => Ok(port as HANDLE),
+        Err(code) => Err(io::Error::from_raw_os_error(code)),
+    }
+}
 
 /// One direction's overlapped operation: its `OVERLAPPED`, the event the
 /// system sets when it completes, and the task to wake then.
@@ -144,6 +185,21 @@ struct Done {
     n: usize,
     /// `ERROR_MORE_DATA`: the message goes on.
     more: bool,
+    /// Cancelled with nothing transferred, not by us: by the exit of the
+    /// thread that started it (Wine ties I/O to its thread even on a
+    /// completion port). To be started again.
+    orphaned: bool,
+}
+
+/// How a read ended.
+enum ReadDone {
+    /// Bytes read (kept, or thrown away when discarding); `partial` says
+    /// whether the message goes on.
+    Read,
+    /// Nothing read, not cancelled by us: start it again.
+    Again,
+    /// The client is gone.
+    Gone,
 }
 
 /// Reads or writes: one operation at a time, its wait registered for the
@@ -154,6 +210,8 @@ struct Direction {
     wait: HANDLE,
     /// The kernel holds `op.overlapped` and this direction's buffer.
     in_flight: bool,
+    /// We cancelled the operation in flight.
+    cancelled: bool,
 }
 
 // Safety: `wait` is a thread-pool wait handle, usable from any thread, and
@@ -168,7 +226,7 @@ unsafe extern "system" fn wake(context: *mut c_void, _timed_out: bool) {
     // the wait is unregistered, which waits for this callback to return
     // (safety argument, point 4).
     let op = unsafe { &*(context as *const Op) };
-    if op.waiting.swap(false, Ordering::AcqRel) {
+    if op.waiting.swap(false, Ordering::SeqCst) {
         op.waker.wake();
     }
 }
@@ -210,6 +268,7 @@ impl Direction {
             op,
             wait,
             in_flight: false,
+            cancelled: false,
         })
     }
 
@@ -222,7 +281,8 @@ impl Direction {
         // it (safety argument, point 1).
         unsafe {
             overlapped.write(OVERLAPPED {
-                hEvent: self.op.event.as_raw_handle() as HANDLE,
+                // The low bit: no completion packet (see `keep_io_port`).
+                hEvent: (self.op.event.as_raw_handle() as usize | 1) as HANDLE,
                 ..zeroed()
             });
         }
@@ -242,45 +302,52 @@ impl Direction {
             }
         }
         self.in_flight = true;
+        self.cancelled = false;
         Ok(())
     }
 
     /// The outcome of the operation in flight.
     fn poll(&mut self, handle: HANDLE, cx: &mut Context<'_>) -> Poll<io::Result<Done>> {
-        debug_assert!(self.in_flight);
+        // Its result would be an old operation's (and `set_len` of it
+        // would show bytes never written).
+        assert!(self.in_flight, "no operation in flight");
         // Before looking, so that a completion after the look wakes us.
         self.op.waker.register(cx.waker());
-        self.op.waiting.store(true, Ordering::Release);
+        // A full fence between saying we wait and looking (the callback
+        // looks at `waiting` after the completion is written): otherwise
+        // both could miss the other.
+        self.op.waiting.swap(true, Ordering::SeqCst);
         let mut n = 0u32;
         // Safety: the handle is open and the `OVERLAPPED` is the one of the
         // operation in flight; without waiting, this only reads it.
         let ok = unsafe { GetOverlappedResult(handle, self.op.overlapped.get(), &mut n, 0) };
+        let done = |more, orphaned| Done {
+            n: n as usize,
+            more,
+            orphaned,
+        };
         let done = if ok != 0 {
-            Ok(Done {
-                n: n as usize,
-                more: false,
-            })
+            Ok(done(false, false))
         } else {
             let e = io::Error::last_os_error();
             match e.raw_os_error().map(|c| c as u32) {
                 // Its completion will wake us (`waiting` is set).
                 Some(ERROR_IO_INCOMPLETE) => return Poll::Pending,
-                Some(ERROR_MORE_DATA) => Ok(Done {
-                    n: n as usize,
-                    more: true,
-                }),
+                Some(ERROR_MORE_DATA) => Ok(done(true, false)),
+                Some(ERROR_OPERATION_ABORTED) if !self.cancelled && n == 0 => Ok(done(false, true)),
                 _ => Err(e),
             }
         };
         self.in_flight = false;
-        self.op.waiting.store(false, Ordering::Release);
+        self.op.waiting.store(false, Ordering::SeqCst);
         Poll::Ready(done)
     }
 
     /// Cancels the operation in flight, if any; it still completes (as
     /// cancelled, or done if it won the race) and must be waited for.
-    fn cancel(&self, handle: HANDLE) {
+    fn cancel(&mut self, handle: HANDLE) {
         if self.in_flight {
+            self.cancelled = true;
             // Safety: the handle is open; the `OVERLAPPED` identifies the
             // operation. Fails harmlessly if it has completed meanwhile.
             unsafe { CancelIoEx(handle, self.op.overlapped.get()) };
@@ -301,7 +368,10 @@ impl Direction {
         if !self.wait.is_null() {
             // Safety: a registered wait, unregistered once; not from its own
             // callback. `INVALID_HANDLE_VALUE`: return once no callback runs.
-            unsafe { UnregisterWaitEx(self.wait, INVALID_HANDLE_VALUE) };
+            if unsafe { UnregisterWaitEx(self.wait, INVALID_HANDLE_VALUE) } == 0 {
+                // The callback may still run: its `Op` must never be freed.
+                std::mem::forget(self.op.clone());
+            }
             self.wait = ptr::null_mut();
         }
     }
@@ -314,10 +384,17 @@ impl Direction {
         if self.in_flight {
             self.cancel(handle);
             let mut n = 0u32;
+            // Done when the kernel says so, not when the event is set: a
+            // signal of an earlier operation may still be in it.
             // Safety: the handle is open and the `OVERLAPPED` is the one of
-            // the operation in flight; this waits on its event, which only
-            // this thread waits on now, until the kernel is done with it.
-            unsafe { GetOverlappedResult(handle, self.op.overlapped.get(), &mut n, 1) };
+            // the operation in flight; without waiting, this only reads it.
+            while unsafe { GetOverlappedResult(handle, self.op.overlapped.get(), &mut n, 0) } == 0
+                && io::Error::last_os_error().raw_os_error() == Some(ERROR_IO_INCOMPLETE as i32)
+            {
+                // Safety: the event is open; only this thread waits on it
+                // now. A timeout only makes it look again.
+                unsafe { WaitForSingleObject(self.op.event.as_raw_handle() as HANDLE, 100) };
+            }
             self.in_flight = false;
         }
     }
@@ -371,6 +448,12 @@ fn wide(path: &Path) -> Vec<u16> {
 
 impl MessagePipe {
     fn new(handle: OwnedHandle) -> io::Result<MessagePipe> {
+        let port = keep_io_port()?;
+        // Safety: both handles are open; a pipe joins the port once, here.
+        if unsafe { CreateIoCompletionPort(handle.as_raw_handle() as HANDLE, port, 0, 0) }.is_null()
+        {
+            return Err(io::Error::last_os_error());
+        }
         Ok(MessagePipe {
             handle,
             read: Direction::new()?,
@@ -480,31 +563,35 @@ impl MessagePipe {
     /// Waits for a client (server). Cancel safe: a connect in flight stays
     /// in flight, and the next call waits for it.
     pub(super) fn poll_connect(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.connecting {
-            let overlapped = self.read.overlapped();
-            // Safety: the handle is open; the `OVERLAPPED` stays put and
-            // untouched until the connect completes (safety argument).
-            let ok = unsafe { ConnectNamedPipe(self.raw(), overlapped) };
-            if ok == 0 {
-                let e = io::Error::last_os_error();
-                match e.raw_os_error().map(|c| c as u32) {
-                    Some(ERROR_IO_PENDING) => {}
-                    // A client connected before we asked: it is in. Or it
-                    // came and went already: connected too; the first read
-                    // sees its EOF.
-                    Some(ERROR_PIPE_CONNECTED | ERROR_NO_DATA) => return Poll::Ready(Ok(())),
-                    _ => return Poll::Ready(Err(e)),
+        loop {
+            if !self.connecting {
+                let overlapped = self.read.overlapped();
+                // Safety: the handle is open; the `OVERLAPPED` stays put and
+                // untouched until the connect completes (safety argument).
+                let ok = unsafe { ConnectNamedPipe(self.raw(), overlapped) };
+                if ok == 0 {
+                    let e = io::Error::last_os_error();
+                    match e.raw_os_error().map(|c| c as u32) {
+                        Some(ERROR_IO_PENDING) => {}
+                        // A client connected before we asked: it is in. Or
+                        // it came and went already: connected too; the
+                        // first read sees its end.
+                        Some(ERROR_PIPE_CONNECTED | ERROR_NO_DATA) => return Poll::Ready(Ok(())),
+                        _ => return Poll::Ready(Err(e)),
+                    }
                 }
+                self.read.in_flight = true;
+                self.read.cancelled = false;
+                self.connecting = true;
             }
-            self.read.in_flight = true;
-            self.connecting = true;
+            let done = ready!(self.read.poll(self.raw(), cx));
+            self.connecting = false;
+            return Poll::Ready(match done {
+                Ok(done) if done.orphaned => continue,
+                Err(e) if e.raw_os_error() == Some(ERROR_NO_DATA as i32) => Ok(()),
+                done => done.map(drop),
+            });
         }
-        let done = ready!(self.read.poll(self.raw(), cx));
-        self.connecting = false;
-        Poll::Ready(match done {
-            Err(e) if e.raw_os_error() == Some(ERROR_NO_DATA as i32) => Ok(()),
-            done => done.map(drop),
-        })
     }
 
     /// Ends the connection and readies the instance for the next client
@@ -529,8 +616,11 @@ impl MessagePipe {
         Ok(())
     }
 
-    /// Starts a read of up to `len` bytes into the buffer's spare room.
-    fn start_read(&mut self, len: usize) -> io::Result<()> {
+    /// Starts a read of up to `len` bytes into the buffer's spare room;
+    /// `Ok(false)`: the client is gone.
+    fn start_read(&mut self, len: usize) -> io::Result<bool> {
+        // Before growing the buffer: the kernel may be writing to it.
+        assert!(!self.read.in_flight, "a read is in flight");
         let len = len.clamp(1, u32::MAX as usize);
         self.buf.reserve(len);
         let spare = self.buf.spare_capacity_mut();
@@ -540,13 +630,19 @@ impl MessagePipe {
         // `OVERLAPPED` moves or is touched until the read completes
         // (safety argument, points 1-2).
         let ok = unsafe { ReadFile(self.raw(), into, len as u32, ptr::null_mut(), overlapped) };
-        self.read.started(ok)
+        match self.read.started(ok) {
+            Ok(()) => Ok(true),
+            // A client already gone fails the read at once.
+            Err(e) if peer_gone(&e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Waits for the read in flight and keeps what it read (or throws it
-    /// away, when discarding). `Ok(None)`: the client is gone.
-    fn poll_read_done(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Done>>> {
+    /// away, when discarding).
+    fn poll_read_done(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<ReadDone>> {
         match ready!(self.read.poll(self.raw(), cx)) {
+            Ok(done) if done.orphaned => Poll::Ready(Ok(ReadDone::Again)),
             Ok(done) => {
                 match &mut self.discarding {
                     Some(so_far) => *so_far += done.n as u64,
@@ -556,10 +652,22 @@ impl MessagePipe {
                     None => unsafe { self.buf.set_len(self.buf.len() + done.n) },
                 }
                 self.partial = done.more;
-                Poll::Ready(Ok(Some(done)))
+                Poll::Ready(Ok(ReadDone::Read))
             }
-            Err(e) if peer_gone(&e) => Poll::Ready(Ok(None)),
+            Err(e) if peer_gone(&e) => Poll::Ready(Ok(ReadDone::Gone)),
             Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// The client is gone: the end, or an error in the middle of a message.
+    fn gone(&self) -> io::Result<Message> {
+        if self.partial || self.discarding.is_some() {
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the client closed the pipe in the middle of a message",
+            ))
+        } else {
+            Ok(Message::End)
         }
     }
 
@@ -589,28 +697,24 @@ impl MessagePipe {
     ) -> Poll<io::Result<Message>> {
         loop {
             if self.read.in_flight {
-                if ready!(self.poll_read_done(cx))?.is_none() {
-                    return Poll::Ready(if self.partial || self.discarding.is_some() {
-                        Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "the client closed the pipe in the middle of a message",
-                        ))
-                    } else {
-                        Ok(Message::End)
-                    });
-                }
-                if !self.partial {
-                    let len = self.discarding.unwrap_or(self.buf.len() as u64) as usize;
-                    self.first_read = len.clamp(FIRST_READ, MAX_FIRST_READ);
-                    return Poll::Ready(Ok(match self.discarding.take() {
-                        Some(len) => Message::TooLarge(len),
-                        None if self.buf.len() > max => {
-                            let len = self.buf.len() as u64;
-                            self.buf.clear();
-                            Message::TooLarge(len)
-                        }
-                        None => Message::Frame(self.buf.split().freeze()),
-                    }));
+                match ready!(self.poll_read_done(cx))? {
+                    ReadDone::Gone => return Poll::Ready(self.gone()),
+                    ReadDone::Read if !self.partial => {
+                        let len = self.discarding.unwrap_or(self.buf.len() as u64) as usize;
+                        self.first_read = len.clamp(FIRST_READ, MAX_FIRST_READ);
+                        return Poll::Ready(Ok(match self.discarding.take() {
+                            Some(len) => Message::TooLarge(len),
+                            None if self.buf.len() > max => {
+                                let len = self.buf.len() as u64;
+                                self.buf.clear();
+                                Message::TooLarge(len)
+                            }
+                            None => Message::Frame(self.buf.split().freeze()),
+                        }));
+                    }
+                    // The message goes on, or nothing was read (the same
+                    // read again).
+                    ReadDone::Read | ReadDone::Again => {}
                 }
             }
             let len = if !self.partial {
@@ -638,36 +742,45 @@ impl MessagePipe {
                     // the limit.
                     (None, None) => (self.buf.len() / 2)
                         .max(FIRST_READ)
-                        .min(max + 1 - self.buf.len()),
+                        .min((max - self.buf.len()).saturating_add(1)),
                 }
             };
-            self.start_read(len)?;
+            if !self.start_read(len)? {
+                return Poll::Ready(self.gone());
+            }
         }
     }
 
     /// Whether no write is in flight: waits for the last one, and reports
     /// how it ended.
     pub(crate) fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.write.in_flight {
-            return Poll::Ready(Ok(()));
+        loop {
+            if !self.write.in_flight {
+                return Poll::Ready(Ok(()));
+            }
+            let done = ready!(self.write.poll(self.raw(), cx));
+            let message = self
+                .writing
+                .take()
+                .expect("a write in flight has its message");
+            return Poll::Ready(match done {
+                // Nothing written: the same message again.
+                Ok(done) if done.orphaned => {
+                    self.start_write(message)?;
+                    continue;
+                }
+                Ok(done) if done.n == message.len() => Ok(()),
+                Ok(done) => Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    format!(
+                        "the pipe took {} of a {}-byte message",
+                        done.n,
+                        message.len()
+                    ),
+                )),
+                Err(e) => Err(write_error(e)),
+            });
         }
-        let done = ready!(self.write.poll(self.raw(), cx));
-        let message = self
-            .writing
-            .take()
-            .expect("a write in flight has its message");
-        Poll::Ready(match done {
-            Ok(done) if done.n == message.len() => Ok(()),
-            Ok(done) => Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!(
-                    "the pipe took {} of a {}-byte message",
-                    done.n,
-                    message.len()
-                ),
-            )),
-            Err(e) => Err(e),
-        })
     }
 
     /// Starts writing one message; [`poll_write_ready`](Self::poll_write_ready)
@@ -692,7 +805,7 @@ impl MessagePipe {
                 overlapped,
             )
         };
-        self.write.started(ok)?;
+        self.write.started(ok).map_err(write_error)?;
         self.writing = Some(message);
         Ok(())
     }
@@ -719,13 +832,17 @@ impl AsyncRead for MessagePipe {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        loop {
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        // Empty messages are skipped: a flood of them must not hold the
+        // task (nor the timeout around it) here.
+        for _ in 0..32 {
             if this.read.in_flight {
-                if ready!(this.poll_read_done(cx))?.is_none() {
-                    return Poll::Ready(Ok(()));
-                }
-                if !this.partial {
-                    this.discarding = None;
+                match ready!(this.poll_read_done(cx))? {
+                    ReadDone::Gone => return Poll::Ready(Ok(())),
+                    ReadDone::Read if !this.partial => this.discarding = None,
+                    ReadDone::Read | ReadDone::Again => {}
                 }
             }
             if !this.buf.is_empty() {
@@ -736,10 +853,14 @@ impl AsyncRead for MessagePipe {
             let want = if this.discarding.is_some() {
                 DISCARD_READ
             } else {
-                out.remaining().clamp(1, DISCARD_READ)
+                out.remaining().min(DISCARD_READ)
             };
-            this.start_read(want)?;
+            if !this.start_read(want)? {
+                return Poll::Ready(Ok(()));
+            }
         }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
@@ -751,6 +872,10 @@ impl AsyncWrite for MessagePipe {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if buf.is_empty() {
+            // Not an empty message: a write of nothing.
+            return Poll::Ready(Ok(0));
+        }
         ready!(this.poll_write_ready(cx))?;
         this.start_write(Bytes::copy_from_slice(buf))?;
         Poll::Ready(Ok(buf.len()))
