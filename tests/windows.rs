@@ -240,6 +240,54 @@ async fn a_shutdown_with_reads_in_flight_ends_and_the_clients_see_the_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipes_dropped_with_reads_in_flight_after_the_drain_deadline_free_their_name() {
+    within(60, async {
+        // A service that never answers and a linger longer than the drain:
+        // the connections are dropped with their reads (and the spares with
+        // their connects) in flight.
+        let builder = || {
+            Server::builder()
+                .instances(2)
+                .framing(Framing::Message)
+                .linger(Duration::from_secs(30))
+                .drain_timeout(Duration::from_millis(100))
+        };
+        let server = start(
+            "msg-drop",
+            builder(),
+            tower::service_fn(|_: Bytes| {
+                std::future::pending::<Result<Bytes, std::convert::Infallible>>()
+            }),
+        );
+        let name = server.name.clone();
+        let a = message_client(&name).await;
+        let b = message_client(&name).await;
+        let calls = tokio::spawn(async move {
+            let (ra, rb) = tokio::join!(a.call(Bytes::from("a")), b.call(Bytes::from("b")));
+            (ra.unwrap_err(), rb.unwrap_err())
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let summary = server.stop().await;
+        assert_eq!(summary.connections, 2);
+        let (ea, eb) = calls.await.unwrap();
+        assert!(ea.is_closed() && eb.is_closed(), "{ea}; {eb}");
+        // Every instance's handle is closed: the name is free for a new
+        // server's first instance, and it serves.
+        let again = start_echo("msg-drop-again", builder());
+        let client = message_client(&again.name).await;
+        assert_eq!(client.call(Bytes::from("x")).await.unwrap(), "x");
+        drop(client);
+        again.stop().await;
+        let server = Server::builder()
+            .framing(Framing::Message)
+            .bind(&name)
+            .expect("the name is free again");
+        drop(server);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_connect_and_close_at_once_end_like_any_client() {
     within(60, async {
         let server = message_server("msg-came-went");

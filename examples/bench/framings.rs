@@ -191,13 +191,7 @@ pub async fn run(
             errors == 0,
         );
     }
-    out!(md);
-    targets.print(&mut md);
-    Output {
-        markdown: md,
-        svg: None,
-        met: targets.met(),
-    }
+    Output::with_targets(md, &targets)
 }
 
 /// A client that makes one call at a time.

@@ -236,6 +236,19 @@ pub struct Output {
     pub met: bool,
 }
 
+impl Output {
+    /// `md` with the targets table at its end; no chart.
+    fn with_targets(mut md: String, targets: &Targets) -> Output {
+        out!(md);
+        targets.print(&mut md);
+        Output {
+            markdown: md,
+            svg: None,
+            met: targets.met(),
+        }
+    }
+}
+
 /// The median of some ratios.
 fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();

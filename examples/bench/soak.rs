@@ -169,13 +169,7 @@ pub async fn run(minutes: f64, sample_secs: u64) -> Output {
             cut > 0,
         );
     }
-    out!(md);
-    targets.print(&mut md);
-    Output {
-        markdown: md,
-        svg: None,
-        met: targets.met(),
-    }
+    Output::with_targets(md, &targets)
 }
 
 /// Sends frames of random size, one at a time, and checks each reply;
