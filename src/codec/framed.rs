@@ -208,12 +208,17 @@ impl WriteQueue {
         if frame.len() < COPY_BELOW {
             self.small.extend_from_slice(&frame);
         } else {
-            if !self.small.is_empty() {
-                self.chunks.push_back(self.small.split().freeze());
-            }
+            self.small_to_chunks();
             self.chunks.push_back(frame);
         }
         self.small.extend_from_slice(suffix);
+    }
+
+    /// Moves the small pieces behind the chunks, to be written after them.
+    fn small_to_chunks(&mut self) {
+        if !self.small.is_empty() {
+            self.chunks.push_back(self.small.split().freeze());
+        }
     }
 
     fn poll_flush<Io: AsyncWrite>(
@@ -251,9 +256,7 @@ impl WriteQueue {
             self.small.clear();
             return io.poll_flush(cx);
         }
-        if !self.small.is_empty() {
-            self.chunks.push_back(self.small.split().freeze());
-        }
+        self.small_to_chunks();
         while !self.chunks.is_empty() {
             let n = if io.is_write_vectored() {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];

@@ -43,10 +43,9 @@ fn not_a_message_pipe() -> io::Error {
     )
 }
 
-impl<Io: 'static> MessageTransport<Io> {
-    fn pipe(&mut self) -> io::Result<&mut MessagePipe> {
-        sys::message_pipe(&mut self.io).ok_or_else(not_a_message_pipe)
-    }
+/// The message pipe under `io` (the transport's I/O object).
+fn pipe<Io: 'static>(io: &mut Io) -> io::Result<&mut MessagePipe> {
+    sys::message_pipe(io).ok_or_else(not_a_message_pipe)
 }
 
 impl<Io: Unpin + 'static> Stream for MessageTransport<Io> {
@@ -55,7 +54,7 @@ impl<Io: Unpin + 'static> Stream for MessageTransport<Io> {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let max = this.max;
-        let message = ready!(this.pipe()?.poll_read_message(cx, max))?;
+        let message = ready!(pipe(&mut this.io)?.poll_read_message(cx, max))?;
         Poll::Ready(match message {
             Message::Frame(frame) => Some(Ok(frame)),
             Message::TooLarge(len) => Some(Err(super::frame_too_large(len, max))),
@@ -82,7 +81,7 @@ impl<Io: Unpin + 'static> Sink<Bytes> for MessageTransport<Io> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let pipe = sys::message_pipe(&mut this.io).ok_or_else(not_a_message_pipe)?;
+        let pipe = pipe(&mut this.io)?;
         if let Some(frame) = this.write.take() {
             if pipe.poll_write_ready(cx)?.is_pending() {
                 this.write = Some(frame);

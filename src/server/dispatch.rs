@@ -751,6 +751,17 @@ mod backpressure {
     use super::*;
     use crate::codec::{BuiltinFraming, Framing, MakeTransport};
 
+    /// Sequential calls, 16 read ahead, no idle or write timeout.
+    fn config() -> ConnConfig {
+        ConnConfig {
+            pipeline_depth: 16,
+            concurrent: false,
+            linger: Duration::from_secs(1),
+            idle_timeout: None,
+            write_timeout: None,
+        }
+    }
+
     #[tokio::test]
     async fn no_request_is_read_while_a_large_reply_waits_for_its_client_and_all_are_answered_once_it_reads(
     ) {
@@ -761,13 +772,7 @@ mod backpressure {
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
         let serving = tokio::spawn(async move {
-            let cfg = ConnConfig {
-                pipeline_depth: 16,
-                concurrent: false,
-                linger: Duration::from_secs(1),
-                idle_timeout: None,
-                write_timeout: None,
-            };
+            let cfg = config();
             let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20)
                 .transport(server, Default::default());
             let echo = tower::service_fn(move |req: Bytes| {
@@ -819,13 +824,7 @@ mod backpressure {
                 .build()
                 .unwrap();
             let end = rt.block_on(async move {
-                let cfg = ConnConfig {
-                    pipeline_depth: 16,
-                    concurrent: false,
-                    linger: Duration::from_secs(1),
-                    idle_timeout: None,
-                    write_timeout: None,
-                };
+                let cfg = config();
                 let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20)
                     .transport(server, Default::default());
                 // "big" gets a 100 KiB reply; anything else fails.

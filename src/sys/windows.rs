@@ -536,6 +536,13 @@ impl<S> Pipe<S> {
             Pipe::Stream(_) => None,
         }
     }
+
+    fn message_ref(&self) -> Option<&MessagePipe> {
+        match self {
+            Pipe::Message(pipe) => Some(pipe),
+            Pipe::Stream(_) => None,
+        }
+    }
 }
 
 impl<S: AsRawHandle> AsRawHandle for Pipe<S> {
@@ -620,16 +627,9 @@ pub(crate) fn message_pipe<Io: 'static>(io: &mut Io) -> Option<&mut MessagePipe>
 /// As [`message_pipe`], shared.
 pub(crate) fn message_pipe_ref<Io: 'static>(io: &Io) -> Option<&MessagePipe> {
     let io: &dyn std::any::Any = io;
-    let pipe = match io.downcast_ref::<PeerGone<ServerPipe>>() {
-        Some(server) => &server.0.pipe,
-        None => match &io.downcast_ref::<ClientIo>()?.0 {
-            Pipe::Message(pipe) => return Some(pipe),
-            Pipe::Stream(_) => return None,
-        },
-    };
-    match pipe {
-        Pipe::Message(pipe) => Some(pipe),
-        Pipe::Stream(_) => None,
+    match io.downcast_ref::<PeerGone<ServerPipe>>() {
+        Some(server) => server.0.pipe.message_ref(),
+        None => io.downcast_ref::<ClientIo>()?.0.message_ref(),
     }
 }
 
