@@ -436,7 +436,7 @@ async fn serve(kind: &str, name: &str, instances: usize) -> Result<(), BoxError>
                 .instances(instances)
                 .bind(name)?;
             announce(&pipe.local_addr().to_string());
-            pipeserve::hyper::serve(pipe, router()).await?;
+            pipeserve::hyper::serve(pipe.into_incoming(), router()).await?;
         }
         "http-baseline" => {
             let path = pipeserve::Address::new(name)?.as_path().to_owned();

@@ -129,7 +129,7 @@ async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    let summary = pipeserve::hyper::serve(server, app())
+    let summary = pipeserve::hyper::serve(server.into_incoming(), app())
         .with_graceful_shutdown(ctrl_c)
         .await?;
     eprintln!(

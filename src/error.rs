@@ -66,11 +66,17 @@ impl Error {
         self
     }
 
+    /// The config error of message framing anywhere but on pipeserve's own
+    /// Windows pipes.
+    pub(crate) fn needs_message_pipe() -> Self {
+        Error::config(NEEDS_MESSAGE_PIPE)
+    }
+
     /// Classifies an error of the platform layer's `bind` or name
     /// resolution by its kind: `AddrInUse` (the name is taken),
     /// `InvalidInput` (a bad name or option), anything else a failure to
     /// bind.
-    pub(crate) fn from_sys(e: io::Error) -> Self {
+    pub(crate) fn from_bind(e: io::Error) -> Self {
         let kind = match e.kind() {
             io::ErrorKind::AddrInUse => Kind::AddrInUse,
             io::ErrorKind::InvalidInput => Kind::Config,
@@ -233,6 +239,12 @@ impl From<Error> for io::Error {
         io::Error::new(kind, e)
     }
 }
+
+/// Why message framing is refused on anything but a message-mode pipe that
+/// pipeserve made (by `bind`, or a client's `connect` by name), said once.
+pub(crate) const NEEDS_MESSAGE_PIPE: &str =
+    "message framing needs a windows named pipe made by pipeserve (bind, or connect by name); \
+     use length-delimited framing";
 
 /// Checks a pipeline depth, the same way for servers and clients: requests
 /// sent and not yet answered, at most; at least 1.

@@ -35,14 +35,14 @@
 //! # async fn run() -> Result<(), pipeserve::Error> {
 //! let app = Router::new().route("/health", get(|| async { "ok" }));
 //! let server = pipeserve::Server::builder().instances(8).bind("myapp")?;
-//! pipeserve::hyper::serve(server, app)
+//! pipeserve::hyper::serve(server.into_incoming(), app)
 //!     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.unwrap() })
 //!     .await?;
 //! # Ok(()) }
 //! ```
 
 use std::{
-    sync::{atomic::Ordering::Relaxed, Arc},
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -52,14 +52,16 @@ use hyper_util::{
     server::{conn::auto, graceful::GracefulShutdown},
     service::TowerToHyperService,
 };
-use tokio::{task::JoinSet, time::Instant};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    task::JoinSet,
+};
 use tower_service::Service;
 use tracing::{debug, error, info};
 
 pub use crate::client::Connector;
 use crate::{
-    codec::MakeTransport,
-    server::{ConnectionInfo, Counters, Serve, Server, Source, Summary},
+    server::{ConnectionInfo, Counters, Incoming, Serve, Shared, Summary},
     BoxError, Error,
 };
 
@@ -92,11 +94,15 @@ where
     type Body = B;
 }
 
-/// Serves `svc` over HTTP/1.1 and HTTP/2 on every connection of `server`'s
-/// pool; returns a [`Serve`] future, with
+/// Serves `svc` over HTTP/1.1 and HTTP/2 on every connection of a pool
+/// (from [`Server::into_incoming`](crate::Server::into_incoming)); returns a
+/// [`Serve`] future, with
 /// [`with_graceful_shutdown`](Serve::with_graceful_shutdown) as for framed
 /// serving. The builder's framing, frame limits and idle/write timeouts do
 /// not apply; its instances, pipe options, linger and drain timeout do.
+/// The `Serve` owns the pool: dropping it stops the server at once, as for
+/// framed serving (while clients that connect before its first poll wait,
+/// connected).
 ///
 /// Connections are served by hyper-util's automatic builder with tokio's
 /// timer, so hyper's own timeouts work: a client that opens a connection
@@ -108,16 +114,15 @@ where
 /// # Examples
 ///
 /// See the [module docs](self).
-pub fn serve<F, L, S>(server: Server<F, L>, svc: S) -> Serve
+pub fn serve<Io, S>(incoming: Incoming<Io>, svc: S) -> Serve
 where
-    F: MakeTransport,
-    L: Source,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService + Clone,
 {
     let mut http = auto::Builder::new(TokioExecutor::new());
     http.http1().timer(TokioTimer::new());
     http.http2().timer(TokioTimer::new());
-    serve_with(server, http, svc)
+    serve_with(incoming, http, svc)
 }
 
 /// [`serve`] with hyper-util's connection builder of your choice: HTTP/1 and
@@ -136,39 +141,40 @@ where
 ///     .timer(TokioTimer::new())
 ///     .header_read_timeout(Duration::from_secs(5));
 /// http.http2().timer(TokioTimer::new()).max_concurrent_streams(64);
-/// pipeserve::hyper::serve_with(server, http, app).await?;
+/// pipeserve::hyper::serve_with(server.into_incoming(), http, app).await?;
 /// # Ok(()) }
 /// ```
-pub fn serve_with<F, L, S>(
-    server: Server<F, L>,
+pub fn serve_with<Io, S>(
+    incoming: Incoming<Io>,
     http: auto::Builder<TokioExecutor>,
     svc: S,
 ) -> Serve
 where
-    F: MakeTransport,
-    L: Source,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService + Clone,
 {
-    Serve::new(move |signal| run(server, http, svc, signal))
+    // Dropping the `Serve` stops everything at once, as for framed serving.
+    let (incoming, pool) = incoming.owned();
+    Serve::new(move |signal| async move {
+        let cut = run(incoming, http, svc, pool.clone(), signal).await;
+        Ok::<Summary, Error>(pool.counters().shut_down(cut))
+    })
 }
 
-async fn run<F, L, S, G>(
-    server: Server<F, L>,
+/// Serves until the signal (or the stream's end), then shuts down within
+/// the drain timeout; returns how many connections were cut.
+async fn run<Io, S, G>(
+    mut incoming: Incoming<Io>,
     http: auto::Builder<TokioExecutor>,
     svc: S,
+    pool: Arc<Shared>,
     signal: G,
-) -> Result<Summary, Error>
+) -> u64
 where
-    F: MakeTransport,
-    L: Source,
+    Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: HttpService + Clone,
     G: std::future::Future<Output = ()> + Send,
 {
-    let drain_timeout = server.drain_timeout();
-    let counters = server.counters();
-    let mut incoming = server.into_incoming();
-    // Dropping the `Serve` stops everything at once, as for framed serving.
-    incoming.abort_on_drop();
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
     tokio::pin!(signal);
@@ -180,14 +186,14 @@ where
             },
             () = &mut signal => break,
             Some(done) = connections.join_next(), if !connections.is_empty() => {
-                count_panic(done, &counters);
+                count_panic(done, pool.counters());
                 continue;
             }
         };
         let svc = WithInfo {
             inner: svc.clone(),
             info: conn.info().clone(),
-            counters: counters.clone(),
+            pool: pool.clone(),
         };
         let served = http
             .serve_connection_with_upgrades(TokioIo::new(conn), TowerToHyperService::new(svc))
@@ -204,18 +210,18 @@ where
     // after the response, HTTP/2 gets a GOAWAY), until the drain deadline;
     // then what remains is closed, and the pool waits (within the same
     // deadline) for each client to close before disconnecting its pipe.
-    let deadline = Instant::now() + drain_timeout;
+    let deadline = pool.drain_deadline();
     let graceful = async {
         graceful.shutdown().await;
         while let Some(done) = connections.join_next().await {
-            count_panic(done, &counters);
+            count_panic(done, pool.counters());
         }
     };
     let aborted = match tokio::time::timeout_at(deadline, graceful).await {
         Ok(()) => 0,
         Err(_) => {
             while let Some(done) = connections.try_join_next() {
-                count_panic(done, &counters);
+                count_panic(done, pool.counters());
             }
             let running = connections.len() as u64;
             connections.shutdown().await;
@@ -225,15 +231,14 @@ where
     // The connections closed at the deadline: those hyper was still serving,
     // or those whose clients had not closed yet (whichever is more; an
     // aborted connection may be both).
-    let cut = aborted.max(incoming.drain(deadline).await);
-    Ok(counters.shut_down(cut))
+    aborted.max(incoming.drain(deadline).await)
 }
 
 /// Counts a connection task that panicked (hyper catches none).
 fn count_panic(done: Result<(), tokio::task::JoinError>, counters: &Counters) {
     if let Err(e) = done {
         if e.is_panic() {
-            counters.panics.fetch_add(1, Relaxed);
+            counters.panicked();
             error!(panic = ?e, "an http connection panicked");
         }
     }
@@ -253,7 +258,7 @@ fn count_panic(done: Result<(), tokio::task::JoinError>, counters: &Counters) {
 /// let hello = service_fn(|_req| async {
 ///     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("hello"))))
 /// });
-/// pipeserve::hyper::serve(server, pipeserve::hyper::HyperService(hello)).await?;
+/// pipeserve::hyper::serve(server.into_incoming(), pipeserve::hyper::HyperService(hello)).await?;
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -283,7 +288,7 @@ where
 struct WithInfo<S> {
     inner: S,
     info: ConnectionInfo,
-    counters: Arc<Counters>,
+    pool: Arc<Shared>,
 }
 
 impl<S, B> Service<Request<B>> for WithInfo<S>
@@ -300,7 +305,7 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> S::Future {
         req.extensions_mut().insert(self.info.clone());
-        self.counters.requests.fetch_add(1, Relaxed);
+        self.pool.counters().answered();
         self.inner.call(req)
     }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::{sys, Error};
+use crate::{error::Kind, sys, Error};
 
 /// The user a process runs as: a user SID on Windows (the process token's
 /// user), a uid (and primary gid) on Unix (the socket's peer credentials).
@@ -41,7 +41,9 @@ impl User {
     ///
     /// [`Error::is_config`] for a malformed SID or uid.
     pub fn parse(user: &str) -> Result<User, Error> {
-        sys::User::parse(user).map(User).map_err(Error::from_sys)
+        sys::User::parse(user)
+            .map(User)
+            .map_err(|e| Error::new(Kind::Config).with(e))
     }
 
     /// The user's SID in string form, `S-1-5-21-...`.

@@ -129,6 +129,7 @@ mod error;
 pub mod hyper;
 mod identity;
 mod name;
+mod pipe;
 pub mod server;
 mod sys;
 #[cfg(feature = "test-util")]

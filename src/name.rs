@@ -57,7 +57,7 @@ impl Address {
                 "invalid pipe name {name:?}: contains NUL"
             )));
         }
-        if let Some(path) = sys::full_path(name, remote).map_err(Error::from_sys)? {
+        if let Some(path) = sys::full_path(name, remote).map_err(Error::from_bind)? {
             return Ok(Address(path));
         }
         if name.is_empty() {
@@ -82,7 +82,7 @@ impl Address {
         }
         sys::portable_path(name)
             .map(Address)
-            .map_err(Error::from_sys)
+            .map_err(Error::from_bind)
     }
 
     /// The pipe path (`\\.\pipe\NAME`) or socket path.

@@ -50,12 +50,9 @@
 use ::tonic::transport::server::Connected;
 
 pub use crate::client::Connector;
-use crate::{
-    server::{Connection, Source},
-    ConnectionInfo,
-};
+use crate::{server::Connection, ConnectionInfo};
 
-impl<L: Source> Connected for Connection<L> {
+impl<Io> Connected for Connection<Io> {
     type ConnectInfo = ConnectionInfo;
 
     fn connect_info(&self) -> ConnectionInfo {

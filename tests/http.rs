@@ -63,7 +63,7 @@ fn start_with(tag: &str, builder: pipeserve::server::Builder) -> Http {
     let handle = server.handle();
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(
-        pipeserve::hyper::serve(server, app()).with_graceful_shutdown(async {
+        pipeserve::hyper::serve(server.into_incoming(), app()).with_graceful_shutdown(async {
             let _ = stopped.await;
         }),
     );
@@ -223,7 +223,7 @@ async fn a_plain_hyper_service_is_served_too_and_sees_its_connection_info() {
             ))))
         });
         let serving = tokio::spawn(pipeserve::hyper::serve(
-            server,
+            server.into_incoming(),
             pipeserve::hyper::HyperService(hello),
         ));
         let client: Client<Connector, Full<Bytes>> =
@@ -282,7 +282,7 @@ async fn dropping_the_serve_future_closes_the_pipe_at_once() {
     within(60, async {
         let name = unique_name("http-drop");
         let server = Server::builder().instances(2).bind(&name).unwrap();
-        let serving = tokio::spawn(pipeserve::hyper::serve(server, app()));
+        let serving = tokio::spawn(pipeserve::hyper::serve(server.into_incoming(), app()));
         let client: Client<Connector, Full<Bytes>> =
             Client::builder(TokioExecutor::new()).build(Connector::new(&name).unwrap());
         assert_eq!(get_text(&client, "/health").await.0, StatusCode::OK);

@@ -8,7 +8,8 @@ use tracing::trace;
 
 use crate::{
     error::{Error, Kind},
-    sys, Address, User,
+    sys::{self, Backoff},
+    Address, User,
 };
 
 /// Who the client expects to run the server end, checked right after
@@ -56,7 +57,7 @@ pub(crate) async fn connect(
 ) -> Result<(sys::ClientIo, u32), Error> {
     let timeout = opts.timeout;
     let deadline = Instant::now() + timeout;
-    let mut delay = Duration::from_millis(1);
+    let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
     let mut retries = 0;
     loop {
         match sys::connect(address.as_path(), opts.message_mode, opts.impersonation).await {
@@ -65,6 +66,7 @@ pub(crate) async fn connect(
                 return Ok((io, retries));
             }
             Err(e) if sys::is_busy(&e) => {
+                let delay = backoff.next();
                 if Instant::now() + delay > deadline {
                     return Err(Error::new(Kind::Timeout)
                         .context(format!(
@@ -76,7 +78,6 @@ pub(crate) async fn connect(
                 trace!(%address, error = %e, ?delay, "server busy or not there yet; retrying");
                 retries += 1;
                 sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_millis(50));
             }
             Err(e) => {
                 return Err(Error::new(Kind::Connect)

@@ -27,9 +27,9 @@ use tower_service::Service;
 use self::connect::ConnectOptions;
 use self::driver::Call;
 use crate::{
-    codec::{BuiltinFraming, Codec, Framing, MakeTransport, DEFAULT_MAX_FRAME_LEN},
+    codec::{BuiltinFraming, Codec, Framing, MakeTransport, Messages, DEFAULT_MAX_FRAME_LEN},
     error::{check_pipeline_depth, Kind},
-    sys, Address, Error,
+    pipe, sys, Address, Error,
 };
 
 /// A connection to a pipeserve server (or any server speaking the same
@@ -283,9 +283,7 @@ impl<F: MakeTransport> Builder<F> {
         check_pipeline_depth(self.pipeline_depth)?;
         let message_mode = self.framing.message_mode();
         if message_mode && !sys::MESSAGE_PIPES {
-            return Err(Error::config(
-                "message framing needs a windows named pipe; use length-delimited framing on unix",
-            ));
+            return Err(Error::needs_message_pipe());
         }
         if self.remote && self.server_identity != ServerIdentity::Any {
             return Err(Error::config(
@@ -300,7 +298,7 @@ impl<F: MakeTransport> Builder<F> {
             server: self.server_identity.clone(),
         };
         let (io, retries) = connect::connect(&address, &opts).await?;
-        Ok(self.start(io, Some(address), retries))
+        Ok(self.start(io, pipe::messages(), Some(address), retries))
     }
 
     /// Who must run the server (default: [`ServerIdentity::CurrentUser`]),
@@ -347,12 +345,16 @@ impl<F: MakeTransport> Builder<F> {
     /// made with [`Server::builder().listener(..)`](crate::server::Builder::listener))
     /// and starts the connection's task on the current runtime.
     ///
-    /// With message framing, `io` must be a message-mode pipe (a tokio
-    /// `NamedPipeClient` opened with `PipeMode::Message`).
+    /// Message framing needs a message pipe that pipeserve made, so it is
+    /// refused here: [`connect`](Builder::connect) by name opens one. (A
+    /// tokio `NamedPipeClient` in message mode would not do: its reads cut
+    /// messages longer than 4 KiB; see [`codec`](crate::codec).) Length and
+    /// line framing, and codecs of your own, work over a pipe in either
+    /// mode.
     ///
     /// # Errors
     ///
-    /// [`Error::is_config`] for a pipeline depth of 0.
+    /// [`Error::is_config`] for a pipeline depth of 0, or message framing.
     ///
     /// # Panics
     ///
@@ -362,14 +364,23 @@ impl<F: MakeTransport> Builder<F> {
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         check_pipeline_depth(self.pipeline_depth)?;
-        Ok(self.start(io, None, 0))
+        if self.framing.message_mode() {
+            return Err(Error::needs_message_pipe());
+        }
+        Ok(self.start(io, Messages::none(), None, 0))
     }
 
-    fn start<Io>(self, io: Io, address: Option<Address>, retries: u32) -> Client<F>
+    fn start<Io>(
+        self,
+        io: Io,
+        messages: Messages<Io>,
+        address: Option<Address>,
+        retries: u32,
+    ) -> Client<F>
     where
         Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let transport = self.framing.transport(io, Default::default());
+        let transport = self.framing.transport(io, Default::default(), messages);
         let (calls, rx) = mpsc::channel(self.pipeline_depth);
         tokio::spawn(driver::drive(transport, rx, self.pipeline_depth));
         Client {

@@ -5,6 +5,8 @@ use std::io;
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio_util::codec::{AnyDelimiterCodec, AnyDelimiterCodecError, Decoder, Encoder};
 
+use super::stream::Wire;
+
 /// A codec for `\n`-terminated lines as [`Bytes`], without requiring UTF-8.
 ///
 /// Decoding strips the `\n` and a `\r` before it; encoding appends `\n`. A
@@ -33,11 +35,6 @@ impl LineCodec {
             ),
             max_length,
         }
-    }
-
-    /// The longest line, without its newline.
-    pub(crate) fn max_length(&self) -> usize {
-        self.max_length
     }
 
     fn map(
@@ -90,6 +87,20 @@ impl<B: AsRef<[u8]>> Encoder<B> for LineCodec {
         dst.put_slice(line);
         dst.put_u8(b'\n');
         Ok(())
+    }
+}
+
+/// As the built-in line framing's wire: a frame, then `\n`.
+impl Wire for LineCodec {
+    type Head = [u8; 0];
+    const TAIL: &'static [u8] = b"\n";
+
+    fn max_frame_len(&self) -> usize {
+        self.max_length
+    }
+
+    fn head(&self, _len: usize) -> [u8; 0] {
+        []
     }
 }
 

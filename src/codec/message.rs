@@ -10,60 +10,54 @@ use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use super::{Buffers, Transport};
-use crate::sys::{self, Message, MessagePipe};
+use super::{Buffers, MessageIo, Messages, Transport};
+use crate::error::NEEDS_MESSAGE_PIPE;
 
 /// The transport of [`Framing::Message`](super::Framing::Message).
 ///
 /// The pipe does the work: a server instance or client made for message
-/// framing reads whole messages itself (`sys::MessagePipe`), so each read
-/// is one frame, of any size up to the limit, and each frame written is one
-/// `WriteFile`: one message.
+/// framing reads whole messages itself, so each read is one frame, of any
+/// size up to the limit, and each frame written is one `WriteFile`: one
+/// message. [`Messages`] says where the pipe is under the I/O.
 #[derive(Debug)]
 pub(crate) struct MessageTransport<Io> {
     io: Io,
+    messages: Messages<Io>,
     max: usize,
     write: Option<Bytes>,
 }
 
 impl<Io> MessageTransport<Io> {
-    pub(crate) fn new(io: Io, max: usize, _buffers: Buffers) -> Self {
+    pub(crate) fn new(io: Io, max: usize, messages: Messages<Io>) -> Self {
         MessageTransport {
             io,
+            messages,
             max,
             write: None,
         }
     }
+
+    /// The message pipe under the I/O. The builders refuse message framing
+    /// where there is none, so this error is for a bug of ours.
+    fn pipe(&mut self) -> io::Result<&mut dyn MessageIo> {
+        self.messages
+            .get(&mut self.io)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::Unsupported, NEEDS_MESSAGE_PIPE))
+    }
 }
 
-fn not_a_message_pipe() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "message framing needs a message-mode named pipe made by pipeserve",
-    )
-}
-
-/// The message pipe under `io` (the transport's I/O object).
-fn pipe<Io: 'static>(io: &mut Io) -> io::Result<&mut MessagePipe> {
-    sys::message_pipe(io).ok_or_else(not_a_message_pipe)
-}
-
-impl<Io: Unpin + 'static> Stream for MessageTransport<Io> {
+impl<Io: Unpin> Stream for MessageTransport<Io> {
     type Item = io::Result<Bytes>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         let max = this.max;
-        let message = ready!(pipe(&mut this.io)?.poll_read_message(cx, max))?;
-        Poll::Ready(match message {
-            Message::Frame(frame) => Some(Ok(frame)),
-            Message::TooLarge(len) => Some(Err(super::frame_too_large(len, max))),
-            Message::End => None,
-        })
+        let message = ready!(this.pipe()?.poll_read_message(cx, max));
+        Poll::Ready(message.transpose())
     }
 }
 
-impl<Io: Unpin + 'static> Sink<Bytes> for MessageTransport<Io> {
+impl<Io: Unpin> Sink<Bytes> for MessageTransport<Io> {
     type Error = io::Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -81,8 +75,8 @@ impl<Io: Unpin + 'static> Sink<Bytes> for MessageTransport<Io> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        let pipe = pipe(&mut this.io)?;
         if let Some(frame) = this.write.take() {
+            let pipe = this.pipe()?;
             if pipe.poll_write_ready(cx)?.is_pending() {
                 this.write = Some(frame);
                 return Poll::Pending;
@@ -90,7 +84,7 @@ impl<Io: Unpin + 'static> Sink<Bytes> for MessageTransport<Io> {
             pipe.start_write(frame)?;
         }
         // Written when the pipe has taken it whole.
-        pipe.poll_write_ready(cx)
+        this.pipe()?.poll_write_ready(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -102,7 +96,7 @@ impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport<Io, Bytes, B
     for MessageTransport<Io>
 {
     fn write_buffered(&self) -> usize {
-        let writing = sys::message_pipe_ref(&self.io).map_or(0, MessagePipe::writing);
+        let writing = self.messages.get_ref(&self.io).map_or(0, |p| p.writing());
         self.write.as_ref().map_or(0, Bytes::len) + writing
     }
 

@@ -52,9 +52,10 @@
 //! its own limits.
 
 mod builtin;
-mod framed;
+mod length;
 mod line;
 mod message;
+mod stream;
 mod transport;
 
 use std::fmt;
@@ -64,10 +65,10 @@ pub use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 pub use builtin::BuiltinFraming;
 pub use line::LineCodec;
+#[cfg(test)]
+pub(crate) use transport::Frames;
+pub(crate) use transport::{Buffers, MessageIo, Messages, Transport, KEEP_AT_MOST};
 pub use transport::{Codec, MakeTransport};
-// The transports are named by `MakeTransport`'s hidden items, so they are
-// `pub` in their modules, but users can neither build nor use them.
-pub(crate) use transport::{Buffers, Transport};
 
 pub(crate) use crate::error::{frame_at_least, frame_too_large};
 

@@ -8,7 +8,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts};
@@ -23,40 +23,50 @@ use crate::error::{into_io, BoxError};
 /// requests and reads replies, so the same names read right on both sides:
 /// a server's service is a `Service<F::ReadFrame, Response = F::WriteFrame>`,
 /// a client's [`call`](crate::Client::call) takes an `F::WriteFrame` and
-/// returns an `F::ReadFrame`. This trait is sealed: its methods are
-/// pipeserve's business.
-pub trait MakeTransport: Clone + Send + Sync + 'static + private::Sealed {
+/// returns an `F::ReadFrame`.
+///
+/// Sealed: how a framing frames a connection is pipeserve's business.
+#[allow(private_bounds)]
+pub trait MakeTransport:
+    Clone + Send + Sync + 'static + Frames<In = Self::ReadFrame, Out = Self::WriteFrame>
+{
     /// The frames read from the peer: requests on a server, replies on a
     /// client.
     type ReadFrame: Send + 'static;
     /// The frames written to the peer: replies on a server, requests on a
     /// client.
     type WriteFrame: Send + 'static;
+}
 
-    #[doc(hidden)]
+/// What a framing does with a connection: the machinery of
+/// [`MakeTransport`].
+pub(crate) trait Frames {
+    /// The frames read.
+    type In;
+    /// The frames written.
+    type Out;
     type Transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>: Transport<
         Io,
-        Self::ReadFrame,
-        Self::WriteFrame,
+        Self::In,
+        Self::Out,
     >;
 
-    /// Frames `io`, starting from `buffers` left by an earlier connection.
-    #[doc(hidden)]
+    /// Frames `io`, starting from `buffers` left by an earlier connection;
+    /// message framing finds its pipe through `messages`.
     fn transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
         io: Io,
         buffers: Buffers,
+        messages: Messages<Io>,
     ) -> Self::Transport<Io>;
 
     /// Whether the framing needs a message-mode pipe.
-    #[doc(hidden)]
     fn message_mode(&self) -> bool {
         false
     }
 
     /// The bytes a frame holds, for read-ahead budgets; 0 when unknown.
-    #[doc(hidden)]
-    fn frame_len(_frame: &Self::ReadFrame) -> usize {
+    fn frame_len(_frame: &Self::In) -> usize {
         0
     }
 }
@@ -64,7 +74,7 @@ pub trait MakeTransport: Clone + Send + Sync + 'static + private::Sealed {
 /// A framed connection: frames in, frames out, and at the end the I/O object
 /// (to wait for the peer's EOF before disconnecting) and the buffers (for the
 /// next connection on the same instance).
-pub trait Transport<Io, In, Out>:
+pub(crate) trait Transport<Io, In, Out>:
     Stream<Item = io::Result<In>> + Sink<Out, Error = io::Error> + Unpin + Send
 {
     /// Gives back the I/O object and the buffers, emptied. Bytes buffered but
@@ -74,25 +84,25 @@ pub trait Transport<Io, In, Out>:
     /// Bytes of frames taken by the sink and not yet written: the server
     /// reads no further ahead while they hold memory (with zero-copy
     /// frames, the read buffer itself).
-    #[doc(hidden)]
     fn write_buffered(&self) -> usize {
         0
     }
 }
 
 /// Read and write buffers kept by an instance from one connection to the
-/// next, so that a new client costs no allocation. (Public only because the
-/// sealed [`MakeTransport`] names it; not reachable from outside.)
+/// next, so that a new client costs no allocation.
 #[derive(Debug, Default)]
-pub struct Buffers {
+pub(crate) struct Buffers {
     pub(crate) read: BytesMut,
     pub(crate) write: BytesMut,
 }
 
 /// Buffers larger than this are dropped rather than kept for the next
 /// connection: an instance does not hold on to the memory of one big frame,
-/// and a server's instances together keep at most 32 KiB each.
-const KEEP_AT_MOST: usize = 16 * 1024;
+/// and a server's instances together keep at most 32 KiB each. Windows
+/// instances keep to it too (the server passes it down): one whose client
+/// read or wrote more is replaced.
+pub(crate) const KEEP_AT_MOST: usize = 16 * 1024;
 
 impl Buffers {
     /// Keeps `read` and `write` (emptied) for the next connection if each is
@@ -121,8 +131,71 @@ fn keep_one(mut buf: BytesMut) -> BytesMut {
     BytesMut::from(bytes::Bytes::from(whole))
 }
 
-pub(crate) mod private {
-    pub trait Sealed {}
+/// What message framing needs of a pipe: whole messages in, one write per
+/// message out.
+pub(crate) trait MessageIo: Send {
+    /// The next whole message: `None` at the end of the stream; a message
+    /// over `max` bytes is read and thrown away, then a frame-too-large
+    /// error.
+    fn poll_read_message(
+        &mut self,
+        cx: &mut Context<'_>,
+        max: usize,
+    ) -> Poll<io::Result<Option<Bytes>>>;
+
+    /// Ready once the pipe has taken the last message whole.
+    fn poll_write_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// Starts writing one message; only when write-ready.
+    fn start_write(&mut self, message: Bytes) -> io::Result<()>;
+
+    /// The bytes of the message being written.
+    fn writing(&self) -> usize;
+}
+
+/// Where message framing finds the message pipe under a connection's I/O:
+/// pipeserve's own pipes say ([`crate::pipe::messages`]); any other I/O has
+/// none ([`Messages::none`]). Two functions, no look at the type at run
+/// time.
+pub(crate) struct Messages<Io> {
+    get: fn(&mut Io) -> Option<&mut dyn MessageIo>,
+    get_ref: fn(&Io) -> Option<&dyn MessageIo>,
+}
+
+impl<Io> Clone for Messages<Io> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<Io> Copy for Messages<Io> {}
+
+impl<Io> fmt::Debug for Messages<Io> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Messages")
+    }
+}
+
+impl<Io> Messages<Io> {
+    pub(crate) fn new(
+        get: fn(&mut Io) -> Option<&mut dyn MessageIo>,
+        get_ref: fn(&Io) -> Option<&dyn MessageIo>,
+    ) -> Self {
+        Messages { get, get_ref }
+    }
+
+    /// I/O that is never a message pipe.
+    pub(crate) fn none() -> Self {
+        Messages::new(|_| None, |_| None)
+    }
+
+    pub(crate) fn get<'a>(&self, io: &'a mut Io) -> Option<&'a mut dyn MessageIo> {
+        (self.get)(io)
+    }
+
+    pub(crate) fn get_ref<'a>(&self, io: &'a Io) -> Option<&'a dyn MessageIo> {
+        (self.get_ref)(io)
+    }
 }
 
 /// Your own tokio-util codec as a framing, writing frames of type `Out`.
@@ -161,8 +234,6 @@ impl<C, Out> fmt::Debug for Codec<C, Out> {
     }
 }
 
-impl<C, Out> private::Sealed for Codec<C, Out> {}
-
 impl<C, Out> MakeTransport for Codec<C, Out>
 where
     C: Decoder + Encoder<Out> + Clone + Send + Sync + Unpin + 'static,
@@ -173,12 +244,26 @@ where
 {
     type ReadFrame = C::Item;
     type WriteFrame = Out;
+}
+
+impl<C, Out> Frames for Codec<C, Out>
+where
+    C: Decoder + Encoder<Out> + Clone + Send + Sync + Unpin + 'static,
+    C::Item: Send + 'static,
+    Out: Send + 'static,
+    <C as Decoder>::Error: Into<BoxError>,
+    <C as Encoder<Out>>::Error: Into<BoxError>,
+{
+    type In = C::Item;
+    type Out = Out;
     type Transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> = CodecTransport<Io, C>;
 
+    /// A codec works on the bytes: a message pipe is read as a byte stream.
     fn transport<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
         io: Io,
         buffers: Buffers,
+        _: Messages<Io>,
     ) -> CodecTransport<Io, C> {
         let mut parts = FramedParts::new::<Out>(io, self.0.clone());
         parts.read_buf = buffers.read;
@@ -187,9 +272,10 @@ where
     }
 }
 
-/// A [`Framed`] whose errors are [`io::Error`]s.
+/// The transport of [`Codec`]: a [`Framed`] whose errors are
+/// [`io::Error`]s.
 #[derive(Debug)]
-pub struct CodecTransport<Io, C>(pub(super) Framed<Io, C>);
+pub(crate) struct CodecTransport<Io, C>(Framed<Io, C>);
 
 impl<Io, C> Stream for CodecTransport<Io, C>
 where

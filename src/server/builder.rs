@@ -2,17 +2,18 @@
 
 use std::{fmt, sync::Arc, time::Duration};
 
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{
-    authorize::{Authorize, Authorizer},
-    conn::ConnConfig,
+    authorize::Authorize,
+    dispatch::ConnConfig,
+    frame_server::FrameOptions,
     listen::{Accept, AcceptListener, PipeListener},
+    pool::{self, Shared},
     Server,
 };
 use crate::{
-    codec::{BuiltinFraming, Codec, Framing, MakeTransport, DEFAULT_MAX_FRAME_LEN},
+    codec::{self, BuiltinFraming, Codec, Framing, MakeTransport, DEFAULT_MAX_FRAME_LEN},
     error::{check_pipeline_depth, BoxError},
     sys, Address, Error,
 };
@@ -91,7 +92,6 @@ impl<T> From<NoErrorReply> for Option<ErrorReply<T>> {
 /// The options of the pipe instances (socket) themselves.
 #[derive(Clone, Debug)]
 struct PipeOptions {
-    instances: usize,
     pipe_mode: Option<PipeMode>,
     in_buffer_size: u32,
     out_buffer_size: u32,
@@ -115,20 +115,22 @@ struct PipeOptions {
 #[must_use = "a builder does nothing until `bind` is called"]
 pub struct Builder<F = BuiltinFraming, E = NoErrorReply> {
     framing: F,
+    /// The pool's: instances, linger, drain, who may connect.
+    pool: pool::Config,
+    /// The pipe's (or socket's) own.
     pipe: PipeOptions,
+    /// Each framed connection's.
     conn: ConnConfig,
-    drain_timeout: Duration,
     error_reply: E,
-    authorize: Vec<Authorizer>,
 }
 
 impl<F: fmt::Debug, E> fmt::Debug for Builder<F, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("framing", &self.framing)
+            .field("pool", &self.pool)
             .field("pipe", &self.pipe)
             .field("conn", &self.conn)
-            .field("drain_timeout", &self.drain_timeout)
             .field("error_reply", &std::any::type_name::<E>())
             .finish()
     }
@@ -138,8 +140,13 @@ impl Default for Builder {
     fn default() -> Self {
         Builder {
             framing: BuiltinFraming::new(Framing::LengthDelimited, DEFAULT_MAX_FRAME_LEN),
-            pipe: PipeOptions {
+            pool: pool::Config {
                 instances: 4,
+                linger: Duration::from_secs(2),
+                drain_timeout: Duration::from_secs(10),
+                authorize: Vec::new(),
+            },
+            pipe: PipeOptions {
                 pipe_mode: None,
                 in_buffer_size: 65536,
                 out_buffer_size: 65536,
@@ -151,13 +158,10 @@ impl Default for Builder {
             conn: ConnConfig {
                 pipeline_depth: 16,
                 concurrent: false,
-                linger: Duration::from_secs(2),
                 idle_timeout: Some(Duration::from_secs(300)),
                 write_timeout: Some(Duration::from_secs(30)),
             },
-            drain_timeout: Duration::from_secs(10),
             error_reply: NoErrorReply,
-            authorize: Vec::new(),
         }
     }
 }
@@ -213,11 +217,10 @@ impl Builder<BuiltinFraming, NoErrorReply> {
     pub fn codec<C, Out>(self, codec: C) -> Builder<Codec<C, Out>> {
         Builder {
             framing: Codec::new(codec),
+            pool: self.pool,
             pipe: self.pipe,
             conn: self.conn,
-            drain_timeout: self.drain_timeout,
             error_reply: NoErrorReply,
-            authorize: self.authorize,
         }
     }
 }
@@ -235,7 +238,7 @@ impl<F, E> Builder<F, E> {
     /// are served waits, connected, until one ends. On Unix `n` tasks accept
     /// from the socket; further clients wait in the listen backlog.
     pub fn instances(mut self, n: usize) -> Self {
-        self.pipe.instances = n;
+        self.pool.instances = n;
         self
     }
 
@@ -304,7 +307,7 @@ impl<F, E> Builder<F, E> {
     /// disconnected before that: `DisconnectNamedPipe` would throw the unread
     /// replies away.
     pub fn linger(mut self, timeout: Duration) -> Self {
-        self.conn.linger = timeout;
+        self.pool.linger = timeout;
         self
     }
 
@@ -368,7 +371,7 @@ impl<F, E> Builder<F, E> {
     /// Sets how long a graceful shutdown waits for connections to finish
     /// (default: 10 s); connections still open then are closed.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
+        self.pool.drain_timeout = timeout;
         self
     }
 
@@ -393,7 +396,7 @@ impl<F, E> Builder<F, E> {
     /// # Ok(()) }
     /// ```
     pub fn authorize(mut self, rule: impl Authorize) -> Self {
-        self.authorize.push(Arc::new(rule));
+        self.pool.authorize.push(Arc::new(rule));
         self
     }
 }
@@ -420,11 +423,10 @@ impl<F: MakeTransport, E> Builder<F, E> {
     ) -> Builder<F, ErrorReply<F::WriteFrame>> {
         Builder {
             framing: self.framing,
+            pool: self.pool,
             pipe: self.pipe,
             conn: self.conn,
-            drain_timeout: self.drain_timeout,
             error_reply: ErrorReply(Arc::new(to_reply)),
-            authorize: self.authorize,
         }
     }
 }
@@ -456,9 +458,7 @@ where
         self.check(sys::MAX_INSTANCES)?;
         let needs_message = self.framing.message_mode();
         if needs_message && !sys::MESSAGE_PIPES {
-            return Err(Error::config(
-                "message framing needs a windows named pipe; use length-delimited framing",
-            ));
+            return Err(Error::needs_message_pipe());
         }
         let message_mode = match self.pipe.pipe_mode {
             Some(PipeMode::Byte) if needs_message => {
@@ -470,8 +470,9 @@ where
             None => needs_message,
         };
         let pipe = &self.pipe;
+        let instances = self.pool.instances;
         let options = sys::ListenOptions {
-            instances: sys::pipe_instances(pipe.instances),
+            instances: sys::pipe_instances(instances),
             message_mode,
             message_reads: needs_message,
             in_buffer_size: pipe.in_buffer_size,
@@ -480,9 +481,10 @@ where
             first_pipe_instance: pipe.first_pipe_instance,
             security: pipe.security.clone(),
             strict_dir: pipe.strict_dir,
+            keep_at_most: codec::KEEP_AT_MOST,
         };
-        let listener = sys::bind(address.as_path(), &options).map_err(Error::from_sys)?;
-        info!(address = %address, instances = pipe.instances, "listening");
+        let listener = sys::bind(address.as_path(), &options).map_err(Error::from_bind)?;
+        info!(address = %address, instances, "listening");
         Ok(self.into_server(PipeListener::new(listener, address)))
     }
 
@@ -497,18 +499,16 @@ where
     pub fn listener<A: Accept>(self, acceptor: A) -> Result<Server<F, AcceptListener<A>>, Error> {
         self.check(MAX_ACCEPT_SLOTS)?;
         if self.framing.message_mode() {
-            return Err(Error::config(
-                "message framing needs a message-mode named pipe; use length-delimited framing",
-            ));
+            return Err(Error::needs_message_pipe());
         }
-        info!(listener = %acceptor.describe(), instances = self.pipe.instances, "listening");
-        let slots = self.pipe.instances;
+        let slots = self.pool.instances;
+        info!(listener = %acceptor.describe(), instances = slots, "listening");
         Ok(self.into_server(AcceptListener::new(acceptor, slots)))
     }
 
     /// Checks the options that apply to every listener.
     fn check(&self, max_instances: usize) -> Result<(), Error> {
-        let n = self.pipe.instances;
+        let n = self.pool.instances;
         if !(1..=max_instances).contains(&n) {
             return Err(Error::config(format!(
                 "instances must be 1 to {max_instances}, got {n}"
@@ -520,14 +520,12 @@ where
     fn into_server<L>(self, listener: L) -> Server<F, L> {
         Server {
             listener,
-            framing: self.framing,
-            conn: self.conn,
-            drain_timeout: self.drain_timeout,
-            error_reply: self.error_reply.into(),
-            requested: CancellationToken::new(),
-            counters: Arc::default(),
-            instances: self.pipe.instances,
-            authorize: self.authorize,
+            pool: Shared::new(self.pool),
+            frames: FrameOptions {
+                framing: self.framing,
+                conn: self.conn,
+                error_reply: self.error_reply.into(),
+            },
         }
     }
 }

@@ -34,7 +34,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 use tower_service::Service;
 
 use super::{
-    conn::{ConnConfig, End},
+    end::End,
     shutdown::{Shutdown, Signal},
     ErrorReply,
 };
@@ -45,6 +45,21 @@ use crate::{codec::Transport, error::BoxError};
 /// dozen; and no request is read while replies of this many bytes wait to
 /// be written.
 const READ_AHEAD_BYTES: usize = 64 * 1024;
+
+/// How each framed connection is served: the dispatcher's input, from the
+/// server builder.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnConfig {
+    /// Requests read and not yet answered, at most.
+    pub(crate) pipeline_depth: usize,
+    /// Whether pipelined requests may run in the service at the same time.
+    pub(crate) concurrent: bool,
+    /// How long a connection may stay idle: nothing received and nothing in
+    /// flight.
+    pub(crate) idle_timeout: Option<Duration>,
+    /// How long a write may stay blocked on a client that does not read.
+    pub(crate) write_timeout: Option<Duration>,
+}
 
 /// What the dispatcher reports back as it goes.
 pub(crate) trait Observer {
@@ -510,8 +525,8 @@ mod fuzz {
 
     use super::*;
     use crate::{
-        codec::{BuiltinFraming, Framing, MakeTransport, Transport},
-        server::conn::close,
+        codec::{BuiltinFraming, Frames, Framing, Messages, Transport},
+        server::end::close,
     };
 
     /// Serves `input` (then EOF) with an echo service; returns what the
@@ -526,19 +541,21 @@ mod fuzz {
             let cfg = ConnConfig {
                 pipeline_depth: depth,
                 concurrent: depth > 1,
-                linger: Duration::from_millis(10),
                 idle_timeout: Some(Duration::from_secs(5)),
                 write_timeout: Some(Duration::from_secs(5)),
             };
             let serving = tokio::spawn(async move {
-                let mut transport =
-                    BuiltinFraming::new(framing, max).transport(server, Default::default());
+                let mut transport = BuiltinFraming::new(framing, max).transport(
+                    server,
+                    Default::default(),
+                    Messages::none(),
+                );
                 let echo = tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) });
                 let token = Shutdown::default();
                 let end =
                     dispatch(&mut transport, echo, &cfg, &token, None, Ignore, Bytes::len).await;
                 let (mut io, _) = transport.into_parts();
-                close(&mut io, &end, Instant::now() + cfg.linger).await;
+                close(&mut io, &end, Instant::now() + Duration::from_millis(10)).await;
             });
             let (mut rd, mut wr) = tokio::io::split(client);
             let writer = async move {
@@ -645,7 +662,7 @@ mod timers {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::codec::{BuiltinFraming, Framing, MakeTransport};
+    use crate::codec::{BuiltinFraming, Frames, Framing, Messages};
 
     #[tokio::test(start_paused = true)]
     async fn a_client_asking_every_5_s_is_never_idle_and_a_silent_one_is_closed_300_s_after_its_last_reply(
@@ -654,13 +671,15 @@ mod timers {
         let cfg = ConnConfig {
             pipeline_depth: 16,
             concurrent: false,
-            linger: Duration::from_secs(2),
             idle_timeout: Some(Duration::from_secs(300)),
             write_timeout: Some(Duration::from_secs(30)),
         };
         let serving = tokio::spawn(async move {
-            let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1024)
-                .transport(server, Default::default());
+            let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1024).transport(
+                server,
+                Default::default(),
+                Messages::none(),
+            );
             // Answers within the poll that read the request.
             let echo = tower::service_fn(|req: Bytes| async move { Ok::<_, Infallible>(req) });
             let token = Shutdown::default();
@@ -698,20 +717,20 @@ mod timers {
         let cfg = ConnConfig {
             pipeline_depth: 16,
             concurrent: false,
-            linger: Duration::from_secs(2),
             idle_timeout: Some(Duration::from_secs(10)),
             write_timeout: None,
         };
-        let serving = tokio::spawn(async move {
-            let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20)
-                .transport(server, Default::default());
-            let big = tower::service_fn(|req: Bytes| async move {
-                let len = if req.is_empty() { 64 * 1024 } else { req.len() };
-                Ok::<_, Infallible>(Bytes::from(vec![7u8; len]))
+        let serving =
+            tokio::spawn(async move {
+                let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20)
+                    .transport(server, Default::default(), Messages::none());
+                let big = tower::service_fn(|req: Bytes| async move {
+                    let len = if req.is_empty() { 64 * 1024 } else { req.len() };
+                    Ok::<_, Infallible>(Bytes::from(vec![7u8; len]))
+                });
+                let token = Shutdown::default();
+                dispatch(&mut transport, big, &cfg, &token, None, Ignore, Bytes::len).await
             });
-            let token = Shutdown::default();
-            dispatch(&mut transport, big, &cfg, &token, None, Ignore, Bytes::len).await
-        });
 
         // A 64 KiB reply through a 1 KiB pipe, read 1 KiB a second: the flush
         // takes about a minute, far past the idle timeout.
@@ -749,14 +768,13 @@ mod backpressure {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-    use crate::codec::{BuiltinFraming, Framing, MakeTransport};
+    use crate::codec::{BuiltinFraming, Frames, Framing, Messages};
 
     /// Sequential calls, 16 read ahead, no idle or write timeout.
     fn config() -> ConnConfig {
         ConnConfig {
             pipeline_depth: 16,
             concurrent: false,
-            linger: Duration::from_secs(1),
             idle_timeout: None,
             write_timeout: None,
         }
@@ -771,17 +789,18 @@ mod backpressure {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
-        let serving = tokio::spawn(async move {
-            let cfg = config();
-            let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20)
-                .transport(server, Default::default());
-            let echo = tower::service_fn(move |req: Bytes| {
-                counted.fetch_add(1, SeqCst);
-                std::future::ready(Ok::<_, Infallible>(req))
+        let serving =
+            tokio::spawn(async move {
+                let cfg = config();
+                let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20)
+                    .transport(server, Default::default(), Messages::none());
+                let echo = tower::service_fn(move |req: Bytes| {
+                    counted.fetch_add(1, SeqCst);
+                    std::future::ready(Ok::<_, Infallible>(req))
+                });
+                let token = Shutdown::default();
+                dispatch(&mut transport, echo, &cfg, &token, None, Ignore, Bytes::len).await
             });
-            let token = Shutdown::default();
-            dispatch(&mut transport, echo, &cfg, &token, None, Ignore, Bytes::len).await
-        });
         let (mut rd, mut wr) = tokio::io::split(client);
         let frames: Vec<u8> = (0..FRAMES)
             .flat_map(|i| {
@@ -826,7 +845,7 @@ mod backpressure {
             let end = rt.block_on(async move {
                 let cfg = config();
                 let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1 << 20)
-                    .transport(server, Default::default());
+                    .transport(server, Default::default(), Messages::none());
                 // "big" gets a 100 KiB reply; anything else fails.
                 let svc = tower::service_fn(|req: Bytes| async move {
                     if &req[..] == b"big" {

@@ -1,10 +1,8 @@
 //! Controlling a running server from elsewhere.
 
-use std::sync::Arc;
+use std::{fmt, sync::Arc};
 
-use tokio_util::sync::CancellationToken;
-
-use super::{stats::Counters, Stats};
+use super::{pool::Shared, Stats};
 
 /// Controls a running server from elsewhere in the application: shut it
 /// down, read its counters. Cheap to clone.
@@ -21,10 +19,17 @@ use super::{stats::Counters, Stats};
 /// let summary = serving.await.unwrap().unwrap();
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Handle {
-    pub(super) requested: CancellationToken,
-    pub(super) counters: Arc<Counters>,
+    pub(super) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Handle {
@@ -33,11 +38,11 @@ impl Handle {
     /// also for a server served without one. For an
     /// [`Incoming`](super::Incoming), ends the stream.
     pub fn shutdown(&self) {
-        self.requested.cancel();
+        self.shared.shutdown_request().cancel();
     }
 
     /// The server's counters now.
     pub fn stats(&self) -> Stats {
-        self.counters.stats()
+        self.shared.counters().stats()
     }
 }

@@ -20,14 +20,14 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::info;
 
 use super::{
-    conn::End,
-    pool::{Handled, Handler, Pool, Shared},
-    ConnectionInfo, Handle, PipeListener, Server, Source,
+    end::End,
+    listen::Listen,
+    pool::{Done, Pool, Role, Shared},
+    ConnectionInfo, Handle, PipeStream,
 };
-use crate::{codec::MakeTransport, sys};
-
-/// The I/O object of a connection from listener `L`.
-type IoOf<L> = <<L as sys::Listener>::Slot as sys::Slot>::Io;
+use crate::sys::Slots;
+#[cfg(feature = "hyper")]
+use tokio::time::Instant;
 
 /// The connections of a server, as they come: from
 /// [`Server::into_incoming`].
@@ -76,55 +76,90 @@ type IoOf<L> = <<L as sys::Listener>::Slot as sys::Slot>::Io;
 /// }
 /// # Ok(()) }
 /// ```
-pub struct Incoming<L: Source = PipeListener> {
+pub struct Incoming<Io: Send + 'static = PipeStream> {
     /// `None` once given up (drained, or dropped).
-    pool: Option<Pool<L, Handout<L>>>,
+    pool: Option<Box<dyn Running>>,
     /// Whether the stream has ended: the pool no longer accepts.
     ended: bool,
     /// Whether dropping it aborts the pool (a server that owns the stream,
     /// as `hyper::serve`) instead of letting connections out live on.
     abort_on_drop: bool,
-    connections: mpsc::UnboundedReceiver<Connection<L>>,
-    requested: Pin<Box<WaitForCancellationFutureOwned>>,
-    handle: Handle,
+    connections: mpsc::UnboundedReceiver<Connection<Io>>,
+    shutdown_request: Pin<Box<WaitForCancellationFutureOwned>>,
+    shared: Arc<Shared>,
 }
 
 // The fields are moved or boxed, never pinned in place.
-impl<L: Source> Unpin for Incoming<L> {}
+impl<Io: Send + 'static> Unpin for Incoming<Io> {}
 
-impl<L: Source> Incoming<L> {
-    pub(super) fn new<F: MakeTransport>(server: Server<F, L>) -> Self {
-        let handle = server.handle();
-        let shared = Shared::new(
-            server.counters,
-            server.instances,
-            server.conn.linger,
-            server.authorize,
-        );
+/// A started pool, whatever its listener, as the stream drives it.
+trait Running: Send {
+    fn poll_watch(&mut self, cx: &mut Context<'_>) -> Poll<()>;
+    fn stop_accepting(&self);
+    #[cfg(feature = "hyper")]
+    fn drain(self: Box<Self>, deadline: Instant) -> futures_util::future::BoxFuture<'static, u64>;
+    fn detach(self: Box<Self>);
+    fn describe(&self) -> String;
+}
+
+impl<L, R> Running for Pool<L, R>
+where
+    L: Slots,
+    R: Role<<L::Slot as crate::sys::Slot>::Io>,
+{
+    fn poll_watch(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        Pool::poll_watch(self, cx)
+    }
+
+    fn stop_accepting(&self) {
+        Pool::stop_accepting(self)
+    }
+
+    #[cfg(feature = "hyper")]
+    fn drain(self: Box<Self>, deadline: Instant) -> futures_util::future::BoxFuture<'static, u64> {
+        Box::pin(Pool::drain(*self, deadline))
+    }
+
+    fn detach(self: Box<Self>) {
+        Pool::detach(*self)
+    }
+
+    fn describe(&self) -> String {
+        Pool::describe(self)
+    }
+}
+
+impl<Io: AsyncRead + AsyncWrite + Unpin + Send + 'static> Incoming<Io> {
+    /// Starts the pool of `listener` handing out its connections.
+    pub(super) fn start<L: Listen<Io>>(listener: L, shared: Arc<Shared>) -> Self {
         let (tx, connections) = mpsc::unbounded_channel();
-        let pool = Pool::start(server.listener, Handout { connections: tx }, shared);
+        let pool = Pool::start(listener, Handout { connections: tx }, shared.clone());
         Incoming {
-            pool: Some(pool),
+            pool: Some(Box::new(pool)),
             ended: false,
             abort_on_drop: false,
             connections,
-            requested: Box::pin(server.requested.cancelled_owned()),
-            handle,
+            shutdown_request: Box::pin(shared.shutdown_request().clone().cancelled_owned()),
+            shared,
         }
     }
+}
 
+impl<Io: Send + 'static> Incoming<Io> {
     /// The next connection; `None` once the server shuts down.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: a connection is taken only when this returns it.
-    pub async fn accept(&mut self) -> Option<Connection<L>> {
+    pub async fn accept(&mut self) -> Option<Connection<Io>> {
         std::future::poll_fn(|cx| self.poll_accept(cx)).await
     }
 
     /// A handle to shut the server down and read its counters.
     pub fn handle(&self) -> Handle {
-        self.handle.clone()
+        Handle {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Stops accepting; connections out live on.
@@ -142,28 +177,30 @@ impl<L: Source> Incoming<L> {
         while self.connections.try_recv().is_ok() {}
     }
 
-    /// Makes dropping the stream abort the pool: every instance task ends
-    /// and every pipe closes at once, as when a `Serve` future is dropped.
-    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
-    pub(crate) fn abort_on_drop(&mut self) {
+    /// For a server that owns the stream (the HTTP integration): dropping
+    /// it aborts the pool, every instance task ending and every pipe closing
+    /// at once, as when a `Serve` future is dropped; the pool's counters and
+    /// drain timeout are the server's.
+    #[cfg(feature = "hyper")]
+    pub(crate) fn owned(mut self) -> (Self, Arc<Shared>) {
         self.abort_on_drop = true;
+        let shared = self.shared.clone();
+        (self, shared)
     }
 
     /// Ends the stream and waits for the connections handed out to come
     /// back and close (their clients to read and close), until `deadline`;
     /// then closes what remains. Returns how many were cut.
-    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
-    pub(crate) async fn drain(mut self, deadline: tokio::time::Instant) -> u64 {
+    #[cfg(feature = "hyper")]
+    pub(crate) async fn drain(mut self, deadline: Instant) -> u64 {
         self.end();
         match self.pool.take() {
             Some(pool) => pool.drain(deadline).await,
             None => 0,
         }
     }
-}
 
-impl<L: Source> Incoming<L> {
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Option<Connection<L>>> {
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Option<Connection<Io>>> {
         let pool = match &mut self.pool {
             Some(pool) if !self.ended => pool,
             _ => {
@@ -173,7 +210,7 @@ impl<L: Source> Incoming<L> {
             }
         };
         let _ = pool.poll_watch(cx);
-        if self.requested.as_mut().poll(cx).is_ready() {
+        if self.shutdown_request.as_mut().poll(cx).is_ready() {
             self.end();
             return Poll::Ready(None);
         }
@@ -185,15 +222,15 @@ impl<L: Source> Incoming<L> {
 /// off and retries), never the stream's. The `Result` is the convention of
 /// connection streams (tokio-stream's `TcpListenerStream`, tonic's
 /// `serve_with_incoming`), so the stream plugs in as it is.
-impl<L: Source> Stream for Incoming<L> {
-    type Item = io::Result<Connection<L>>;
+impl<Io: Send + 'static> Stream for Incoming<Io> {
+    type Item = io::Result<Connection<Io>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.get_mut().poll_accept(cx).map(|conn| conn.map(Ok))
     }
 }
 
-impl<L: Source> Drop for Incoming<L> {
+impl<Io: Send + 'static> Drop for Incoming<Io> {
     fn drop(&mut self) {
         self.end();
         if let Some(pool) = self.pool.take() {
@@ -216,7 +253,7 @@ impl<L: Source> Drop for Incoming<L> {
     }
 }
 
-impl<L: Source> fmt::Debug for Incoming<L> {
+impl<Io: Send + 'static> fmt::Debug for Incoming<Io> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Incoming")
             .field("listener", &self.pool.as_ref().map(|p| p.describe()))
@@ -236,33 +273,31 @@ impl<L: Source> fmt::Debug for Incoming<L> {
 /// ends, so protocols over pipes let the client close first (as HTTP/1.1
 /// keep-alive and HTTP/2 clients do). `poll_shutdown` half-closes a socket
 /// and is a no-op on a pipe, as tokio's pipes have it.
-pub struct Connection<L: Source = PipeListener> {
+pub struct Connection<Io = PipeStream> {
     /// `Some` until dropped.
-    io: Option<IoOf<L>>,
+    io: Option<Io>,
     info: ConnectionInfo,
     /// Where the I/O object goes back to its instance.
-    back: Option<oneshot::Sender<IoOf<L>>>,
+    back: Option<oneshot::Sender<Io>>,
     /// The connection's place among those served at once.
     _serving: OwnedSemaphorePermit,
 }
 
-impl<L: Source> Connection<L> {
+impl<Io> Connection<Io> {
     /// What the server knows about the connection: its id, instance, and
     /// the client's process id.
     pub fn info(&self) -> &ConnectionInfo {
         &self.info
     }
 
-    fn io(&mut self) -> Pin<&mut IoOf<L>> {
-        Pin::new(
-            self.io
-                .as_mut()
-                .expect("the connection's I/O lives until drop"),
-        )
+    fn io(&mut self) -> &mut Io {
+        self.io
+            .as_mut()
+            .expect("the connection's I/O lives until drop")
     }
 }
 
-impl<L: Source> Drop for Connection<L> {
+impl<Io> Drop for Connection<Io> {
     fn drop(&mut self) {
         if let (Some(io), Some(back)) = (self.io.take(), self.back.take()) {
             // The instance closes it; if the pool is gone, it just drops.
@@ -271,7 +306,7 @@ impl<L: Source> Drop for Connection<L> {
     }
 }
 
-impl<L: Source> fmt::Debug for Connection<L> {
+impl<Io> fmt::Debug for Connection<Io> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
             .field("info", &self.info)
@@ -279,23 +314,23 @@ impl<L: Source> fmt::Debug for Connection<L> {
     }
 }
 
-impl<L: Source> AsyncRead for Connection<L> {
+impl<Io: AsyncRead + Unpin> AsyncRead for Connection<Io> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.get_mut().io().poll_read(cx, buf)
+        Pin::new(self.get_mut().io()).poll_read(cx, buf)
     }
 }
 
-impl<L: Source> AsyncWrite for Connection<L> {
+impl<Io: AsyncWrite + Unpin> AsyncWrite for Connection<Io> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().io().poll_write(cx, buf)
+        Pin::new(self.get_mut().io()).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -303,7 +338,7 @@ impl<L: Source> AsyncWrite for Connection<L> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.get_mut().io().poll_write_vectored(cx, bufs)
+        Pin::new(self.get_mut().io()).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -311,21 +346,21 @@ impl<L: Source> AsyncWrite for Connection<L> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().io().poll_flush(cx)
+        Pin::new(self.get_mut().io()).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().io().poll_shutdown(cx)
+        Pin::new(self.get_mut().io()).poll_shutdown(cx)
     }
 }
 
-/// The pool's handler for [`Incoming`]: hands each client out as a
+/// The pool's role for [`Incoming`]: hands each client out as a
 /// [`Connection`] and waits for it to come back.
-pub(crate) struct Handout<L: Source> {
-    connections: mpsc::UnboundedSender<Connection<L>>,
+pub(crate) struct Handout<Io> {
+    connections: mpsc::UnboundedSender<Connection<Io>>,
 }
 
-impl<L: Source> Clone for Handout<L> {
+impl<Io> Clone for Handout<Io> {
     fn clone(&self) -> Self {
         Handout {
             connections: self.connections.clone(),
@@ -333,14 +368,14 @@ impl<L: Source> Clone for Handout<L> {
     }
 }
 
-impl<L: Source> Handler<IoOf<L>> for Handout<L> {
-    async fn handle(
+impl<Io: Send + 'static> Role<Io> for Handout<Io> {
+    async fn run(
         &mut self,
-        io: IoOf<L>,
+        io: Io,
         info: ConnectionInfo,
         serving: OwnedSemaphorePermit,
         _: &Arc<Shared>,
-    ) -> Handled<IoOf<L>> {
+    ) -> Done<Io> {
         let (back, returned) = oneshot::channel();
         let conn = Connection {
             io: Some(io),
@@ -352,7 +387,7 @@ impl<L: Source> Handler<IoOf<L>> for Handout<L> {
         // drop sends the I/O object home. The channel is unbounded, but
         // holds at most one connection per instance.
         let _ = self.connections.send(conn);
-        Handled {
+        Done {
             io: returned.await.ok(),
             end: End::Returned,
         }

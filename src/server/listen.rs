@@ -6,6 +6,8 @@ use std::{any::type_name, fmt, future::Future, io, sync::Arc};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::{
+    codec::Messages,
+    pipe,
     sys::{self, Peer},
     Address,
 };
@@ -101,21 +103,39 @@ impl Accept for tokio::net::UnixListener {
 
 /// Where a [`Server`](super::Server) gets its connections: a
 /// [`PipeListener`] from [`bind`](super::Builder::bind) or an
-/// [`AcceptListener`] from [`listener`](super::Builder::listener). Sealed.
-// The supertrait is how the pool drives it, and is pipeserve's business.
+/// [`AcceptListener`] from [`listener`](super::Builder::listener).
+///
+/// Sealed: how the pool drives it is pipeserve's business.
 #[allow(private_bounds)]
-pub trait Source: sys::Listener {}
+pub trait Listener: Listen<Self::Io> {
+    /// A connection's I/O, as a [`Connection`](super::Connection) carries
+    /// it: [`PipeStream`] for a [`PipeListener`], your listener's stream for
+    /// an [`AcceptListener`].
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+}
+
+/// How the pool drives a [`Listener`] whose connections are `Io`s: its
+/// slots (the platform's, or accept slots), and where message framing finds
+/// the pipe under a connection.
+pub(crate) trait Listen<Io>: sys::Slots<Slot: sys::Slot<Io = Io>> {
+    fn messages() -> Messages<Io>;
+}
+
+/// The server end of a connection from [`bind`](super::Builder::bind): a
+/// pipe instance's on Windows, tokio's `UnixStream` on Unix. Read and write
+/// it through the [`Connection`](super::Connection) that carries it.
+pub use crate::sys::PipeStream;
 
 /// The pipe instances (Windows) or Unix socket that
 /// [`Builder::bind`](super::Builder::bind) created.
 #[derive(Debug)]
 pub struct PipeListener {
-    inner: sys::PipeListener,
+    inner: sys::Bound,
     address: Address,
 }
 
 impl PipeListener {
-    pub(super) fn new(inner: sys::PipeListener, address: Address) -> Self {
+    pub(super) fn new(inner: sys::Bound, address: Address) -> Self {
         PipeListener { inner, address }
     }
 
@@ -124,8 +144,8 @@ impl PipeListener {
     }
 }
 
-impl sys::Listener for PipeListener {
-    type Slot = <sys::PipeListener as sys::Listener>::Slot;
+impl sys::Slots for PipeListener {
+    type Slot = <sys::Bound as sys::Slots>::Slot;
 
     fn take_slots(&mut self) -> Vec<Self::Slot> {
         self.inner.take_slots()
@@ -144,7 +164,15 @@ impl sys::Listener for PipeListener {
     }
 }
 
-impl Source for PipeListener {}
+impl Listen<PipeStream> for PipeListener {
+    fn messages() -> Messages<PipeStream> {
+        pipe::messages()
+    }
+}
+
+impl Listener for PipeListener {
+    type Io = PipeStream;
+}
 
 /// Connections from your own listener, from
 /// [`Builder::listener`](super::Builder::listener).
@@ -186,7 +214,7 @@ impl<A> fmt::Debug for AcceptListener<A> {
     }
 }
 
-impl<A: Accept> sys::Listener for AcceptListener<A> {
+impl<A: Accept> sys::Slots for AcceptListener<A> {
     type Slot = AcceptSlot<A>;
 
     fn take_slots(&mut self) -> Vec<AcceptSlot<A>> {
@@ -206,7 +234,17 @@ impl<A: Accept> sys::Listener for AcceptListener<A> {
     }
 }
 
-impl<A: Accept> Source for AcceptListener<A> {}
+/// Your listener's streams are no message pipes: message framing is refused
+/// by [`Builder::listener`](super::Builder::listener).
+impl<A: Accept> Listen<A::Io> for AcceptListener<A> {
+    fn messages() -> Messages<A::Io> {
+        Messages::none()
+    }
+}
+
+impl<A: Accept> Listener for AcceptListener<A> {
+    type Io = A::Io;
+}
 
 /// One accept slot on a shared [`Accept`].
 pub(crate) struct AcceptSlot<A>(Arc<InTurn<A>>);

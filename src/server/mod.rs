@@ -4,8 +4,9 @@
 
 pub mod authorize;
 mod builder;
-mod conn;
 mod dispatch;
+mod end;
+mod frame_server;
 mod handle;
 mod incoming;
 mod info;
@@ -15,9 +16,8 @@ mod serve;
 mod shutdown;
 mod stats;
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{fmt, sync::Arc};
 
-use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 pub use authorize::Authorize;
@@ -25,11 +25,13 @@ pub use builder::{Builder, ErrorReply, NoErrorReply, PipeMode, DEFAULT_SDDL, MAX
 pub use handle::Handle;
 pub use incoming::{Connection, Incoming};
 pub use info::ConnectionInfo;
-pub use listen::{Accept, AcceptListener, PipeListener, Source};
+pub use listen::{Accept, AcceptListener, Listener, PipeListener, PipeStream};
 pub use serve::{FrameService, Serve, WithGracefulShutdown};
 pub use stats::{Stats, Summary};
 
-use self::conn::{CloneService, ConnConfig, MakeWith};
+use self::frame_server::{CloneService, FrameOptions, MakeWith};
+pub(crate) use self::pool::Shared;
+#[cfg(feature = "hyper")]
 pub(crate) use self::stats::Counters;
 use crate::{
     codec::{BuiltinFraming, MakeTransport},
@@ -57,23 +59,16 @@ use crate::{
 /// ```
 pub struct Server<F: MakeTransport = BuiltinFraming, L = PipeListener> {
     listener: L,
-    framing: F,
-    conn: ConnConfig,
-    drain_timeout: Duration,
-    error_reply: Option<ErrorReply<F::WriteFrame>>,
-    requested: CancellationToken,
-    counters: Arc<Counters>,
-    /// Connections served at once.
-    instances: usize,
-    /// Who may connect.
-    authorize: Vec<authorize::Authorizer>,
+    /// The pool's options, counters and signals, whichever way it serves.
+    pool: Arc<Shared>,
+    /// How framed serving serves each connection.
+    frames: FrameOptions<F>,
 }
 
-impl<F: MakeTransport, L: Source> fmt::Debug for Server<F, L> {
+impl<F: MakeTransport, L: Listener> fmt::Debug for Server<F, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("listener", &self.listener.describe())
-            .field("instances", &self.instances)
             .finish_non_exhaustive()
     }
 }
@@ -100,13 +95,12 @@ impl<F: MakeTransport, A> Server<F, AcceptListener<A>> {
     }
 }
 
-impl<F: MakeTransport, L: Source> Server<F, L> {
+impl<F: MakeTransport, L: Listener> Server<F, L> {
     /// A handle to shut the server down and read its counters while it
     /// serves.
     pub fn handle(&self) -> Handle {
         Handle {
-            requested: self.requested.clone(),
-            counters: self.counters.clone(),
+            shared: self.pool.clone(),
         }
     }
 
@@ -175,19 +169,6 @@ impl<F: MakeTransport, L: Source> Server<F, L> {
         Serve::new(move |signal| serve::run(self, MakeWith(make), signal))
     }
 
-    /// How long a graceful shutdown waits for connections (the integrations
-    /// drain with it too).
-    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
-    pub(crate) fn drain_timeout(&self) -> Duration {
-        self.drain_timeout
-    }
-
-    /// The server's counters (the integrations count with them too).
-    #[cfg_attr(not(feature = "hyper"), allow(dead_code))]
-    pub(crate) fn counters(&self) -> Arc<Counters> {
-        self.counters.clone()
-    }
-
     /// Hands out the pool's connections as they come, instead of serving
     /// frames: a [`Stream`](futures_util::Stream) of [`Connection`]s (also
     /// [`Incoming::accept`]), each an
@@ -221,7 +202,7 @@ impl<F: MakeTransport, L: Source> Server<F, L> {
     /// # Panics
     ///
     /// Outside a tokio runtime: the instance tasks start now.
-    pub fn into_incoming(self) -> Incoming<L> {
-        Incoming::new(self)
+    pub fn into_incoming(self) -> Incoming<L::Io> {
+        Incoming::start(self.listener, self.pool)
     }
 }

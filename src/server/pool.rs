@@ -1,5 +1,5 @@
 //! The instance pool: one task per pipe instance (accept slot), each running
-//! connect -> handle -> close -> disconnect for client after client.
+//! connect -> serve -> close -> disconnect for client after client.
 //!
 //! Microsoft's overlapped server sample waits on all instances' events with
 //! one `WaitForMultipleObjects` (at most 64) and exits on any error. Here
@@ -8,12 +8,17 @@
 //! and an error ends only that connection. An instance whose handle fails
 //! is replaced after a backoff; a task that dies anyway is restarted.
 //!
-//! One pool serves both ways of using a server: a [`Handler`] decides what
-//! an instance does with a client once it is in. [`Framed`](super::conn::Framed)
-//! serves its frames right there; [`Handout`](super::incoming::Handout)
-//! hands it out as a [`Connection`](super::Connection) and waits for it to
-//! come back. Either way the pool then closes it the same way: it waits for
+//! One pool serves every way of using a server; what an instance does with
+//! a client once it is in is its [`Role`]:
+//! [`FrameServer`](super::frame_server::FrameServer) serves its frames right
+//! there; [`Handout`](super::incoming::Handout) hands it out as a
+//! [`Connection`](super::Connection) and waits for it to come back. Either
+//! way the pool then closes it the same way ([`end::close`]): it waits for
 //! the client's EOF (bounded) before it disconnects, so no reply is lost.
+//!
+//! Every option of the pool is in its [`Config`], built once by the server
+//! builder and kept whole in [`Shared`], which every way of serving takes
+//! as it is: a new pool option is set in the builder and read here.
 
 use std::{
     collections::HashMap,
@@ -33,37 +38,63 @@ use tokio::{
     task::{Id, JoinSet},
     time::Instant,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, trace, warn, Instrument};
 
 use super::{
     authorize::Authorizer,
-    conn::{self, End},
+    end::{self, End},
     shutdown::Shutdown,
-    stats::Counters,
+    stats::{Counters, Summary},
     ConnectionInfo,
 };
 use crate::{
     error::BoxError,
-    sys::{Listener, Slot},
+    sys::{Backoff, Slot, Slots},
 };
 
+/// The pool's options, from the server builder.
+#[derive(Clone)]
+pub(crate) struct Config {
+    /// Connections served at once.
+    pub(crate) instances: usize,
+    /// How long to wait for the client's EOF after the server ended a
+    /// connection, so it can read the last replies.
+    pub(crate) linger: Duration,
+    /// How long a graceful shutdown waits for the connections.
+    pub(crate) drain_timeout: Duration,
+    /// Who may connect: every rule must let a client in.
+    pub(crate) authorize: Vec<Authorizer>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("instances", &self.instances)
+            .field("linger", &self.linger)
+            .field("drain_timeout", &self.drain_timeout)
+            .field("authorize", &self.authorize.len())
+            .finish()
+    }
+}
+
 /// What an instance does with a client once it is in.
-pub(crate) trait Handler<Io>: Clone + Send + 'static {
+pub(crate) trait Role<Io>: Clone + Send + 'static {
     /// Serves (or hands out) one connection; returns its I/O object, to
     /// close and disconnect, and why it ended. `serving` is the connection's
     /// place among the `instances` served at once: drop it when serving
     /// ends, before the pool lingers for the client's EOF.
-    fn handle(
+    fn run(
         &mut self,
         io: Io,
         info: ConnectionInfo,
         serving: OwnedSemaphorePermit,
         shared: &Arc<Shared>,
-    ) -> impl Future<Output = Handled<Io>> + Send;
+    ) -> impl Future<Output = Done<Io>> + Send;
 }
 
-/// A connection back from its handler.
-pub(crate) struct Handled<Io> {
+/// A connection back from its role.
+pub(crate) struct Done<Io> {
     /// `None` if the connection never came back (its return path was
     /// dropped unused): the slot makes a new instance. A `Connection` that
     /// is leaked (`mem::forget`) keeps its return path, and its instance
@@ -72,54 +103,70 @@ pub(crate) struct Handled<Io> {
     pub(crate) end: End,
 }
 
-/// What all instance tasks of a server share.
+/// What all instance tasks of a server share, from its bind on: the
+/// pool's [`Config`], its counters and its stop signals. A
+/// [`Handle`](super::Handle) holds it too.
 pub(crate) struct Shared {
+    config: Config,
+    /// Cancelled by [`Handle::shutdown`](super::Handle::shutdown): whoever
+    /// serves the pool then shuts it down.
+    shutdown_request: CancellationToken,
     /// Cancelled when the server stops accepting: instances stop listening,
     /// framed connections stop reading.
-    pub(crate) shutdown: Shutdown,
+    shutdown: Shutdown,
     /// Set when a graceful shutdown begins: lingering connections wait until
     /// then.
     drain_deadline: OnceLock<Instant>,
-    pub(crate) counters: Arc<Counters>,
+    counters: Counters,
     next_id: AtomicU64,
     /// One permit per connection served at once (`instances`). On Windows
     /// there are more pipe instances than that (the spares): a client
     /// accepted while every permit is taken waits, connected, as in a
     /// socket's listen backlog.
     serving: Arc<Semaphore>,
-    /// How long to wait for the client's EOF after the server ended a
-    /// connection.
-    linger: Duration,
-    /// Who may connect: every rule must let a client in.
-    authorize: Vec<Authorizer>,
 }
 
 impl Shared {
-    pub(crate) fn new(
-        counters: Arc<Counters>,
-        instances: usize,
-        linger: Duration,
-        authorize: Vec<Authorizer>,
-    ) -> Arc<Self> {
+    pub(crate) fn new(config: Config) -> Arc<Self> {
         Arc::new(Shared {
+            serving: Arc::new(Semaphore::new(config.instances)),
+            config,
+            shutdown_request: CancellationToken::new(),
             shutdown: Shutdown::default(),
             drain_deadline: OnceLock::new(),
-            counters,
+            counters: Counters::default(),
             next_id: AtomicU64::new(0),
-            serving: Arc::new(Semaphore::new(instances)),
-            linger,
-            authorize,
         })
+    }
+
+    pub(crate) fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The stop signal of instances and framed connections.
+    pub(crate) fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Cancelled when a [`Handle`](super::Handle) asks the server to shut
+    /// down.
+    pub(crate) fn shutdown_request(&self) -> &CancellationToken {
+        &self.shutdown_request
+    }
+
+    /// When a graceful shutdown that begins now must be done.
+    pub(crate) fn drain_deadline(&self) -> Instant {
+        Instant::now() + self.config.drain_timeout
     }
 
     /// Whether every rule lets the client in; the refusal's reason if not.
     async fn authorize(&self, info: &ConnectionInfo) -> Result<(), BoxError> {
-        for rule in &self.authorize {
+        for rule in &self.config.authorize {
             match AssertUnwindSafe(rule.check(info)).catch_unwind().await {
                 Ok(Ok(())) => {}
                 Ok(Err(why)) => return Err(why),
                 Err(panic) => {
-                    self.counters.panics.fetch_add(1, Relaxed);
+                    self.counters.panicked();
                     return Err(
                         format!("the authorize rule panicked: {}", panic_message(&*panic)).into(),
                     );
@@ -132,7 +179,7 @@ impl Shared {
     /// Until when a connection that ended with `end` waits for its client's
     /// EOF: the linger timeout, or after a shutdown the drain deadline.
     fn linger_deadline(&self, end: &End) -> Instant {
-        let linger = Instant::now() + self.linger;
+        let linger = Instant::now() + self.config.linger;
         match (self.drain_deadline.get(), end) {
             (Some(&drain), End::Shutdown) => drain,
             (Some(&drain), _) => drain.min(linger),
@@ -142,26 +189,26 @@ impl Shared {
 }
 
 /// The instance tasks of a server, and what restarts them.
-pub(crate) struct Pool<L: Listener, H> {
+pub(crate) struct Pool<L: Slots, R> {
     listener: L,
-    handler: H,
+    role: R,
     shared: Arc<Shared>,
     /// Dropping the set aborts every task.
     tasks: JoinSet<()>,
     instance_of: HashMap<Id, usize>,
 }
 
-impl<L, H> Pool<L, H>
+impl<L, R> Pool<L, R>
 where
-    L: Listener,
-    H: Handler<<L::Slot as Slot>::Io>,
+    L: Slots,
+    R: Role<<L::Slot as Slot>::Io>,
 {
     /// Starts one task per slot of `listener`, on the current runtime.
-    pub(crate) fn start(mut listener: L, handler: H, shared: Arc<Shared>) -> Self {
+    pub(crate) fn start(mut listener: L, role: R, shared: Arc<Shared>) -> Self {
         let slots = listener.take_slots();
         let mut pool = Pool {
             listener,
-            handler,
+            role,
             shared,
             tasks: JoinSet::new(),
             instance_of: HashMap::new(),
@@ -173,12 +220,12 @@ where
     }
 
     fn spawn(&mut self, slot: L::Slot, index: usize, delay: Option<Duration>) {
-        let (handler, shared) = (self.handler.clone(), self.shared.clone());
+        let (role, shared) = (self.role.clone(), self.shared.clone());
         let task = self.tasks.spawn(async move {
             if let Some(delay) = delay {
                 tokio::time::sleep(delay).await;
             }
-            run_instance(slot, index, handler, shared)
+            run_instance(slot, index, role, shared)
                 .instrument(tracing::debug_span!("instance", index))
                 .await
         });
@@ -202,7 +249,7 @@ where
             if self.shared.shutdown.is_cancelled() {
                 continue;
             }
-            self.shared.counters.instance_failures.fetch_add(1, Relaxed);
+            self.shared.counters.instance_failed();
             error!(instance = index, %why, "instance task ended unexpectedly; restarting it");
             let slot = self.listener.spare();
             self.spawn(slot, index, Some(Duration::from_millis(100)));
@@ -236,6 +283,25 @@ where
         }
     }
 
+    /// Serves until `signal` or a [`Handle`](super::Handle) asks to stop
+    /// (restarting instance tasks meanwhile), then drains until the drain
+    /// timeout: the run of a server that owns its pool.
+    pub(crate) async fn serve_until(mut self, signal: impl Future<Output = ()>) -> Summary {
+        {
+            let shared = self.shared.clone();
+            let watch = std::future::poll_fn(|cx| self.poll_watch(cx));
+            tokio::select! {
+                () = signal => {}
+                () = shared.shutdown_request.cancelled() => {}
+                () = watch => {}
+            }
+        }
+        tracing::info!(listener = %self.describe(), "shutting down");
+        let shared = self.shared.clone();
+        let cut = self.drain(shared.drain_deadline()).await;
+        shared.counters.shut_down(cut)
+    }
+
     /// Stops accepting and lets the tasks finish on their own: each ends
     /// once its connection (if it has one out) is back and closed.
     pub(crate) fn detach(mut self) {
@@ -249,27 +315,13 @@ where
     }
 }
 
-/// Exponential backoff for a failing instance: 10 ms doubling to 1 s.
-struct Backoff(Duration);
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(10);
-    const MAX: Duration = Duration::from_secs(1);
-
-    fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Self::MAX);
-        d
-    }
-}
-
-/// Connect, handle, close, disconnect, repeat, until shutdown.
-async fn run_instance<S, H>(mut slot: S, index: usize, mut handler: H, shared: Arc<Shared>)
+/// Connect, run the role, close, disconnect, repeat, until shutdown.
+async fn run_instance<S, R>(mut slot: S, index: usize, mut role: R, shared: Arc<Shared>)
 where
     S: Slot,
-    H: Handler<S::Io>,
+    R: Role<S::Io>,
 {
-    let mut backoff = Backoff(Backoff::FIRST);
+    let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
     loop {
         let listening = shared.counters.listening();
         let accepted = tokio::select! {
@@ -280,11 +332,11 @@ where
         drop(listening);
         let (io, peer) = match accepted {
             Ok(accepted) => {
-                backoff = Backoff(Backoff::FIRST);
+                backoff.reset();
                 accepted
             }
             Err(e) => {
-                shared.counters.instance_failures.fetch_add(1, Relaxed);
+                shared.counters.instance_failed();
                 let delay = backoff.next();
                 warn!(instance = index, error = %e, ?delay, "instance failed to accept a client; replacing it");
                 tokio::select! {
@@ -316,7 +368,7 @@ where
         let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, peer);
         let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid);
         // Who may talk to us, before a byte of theirs is read.
-        if !shared.authorize.is_empty() {
+        if !shared.config.authorize.is_empty() {
             let refused = tokio::select! {
                 biased;
                 _ = shared.shutdown.cancelled() => {
@@ -327,7 +379,7 @@ where
             };
             if let Err(why) = refused {
                 drop(serving);
-                shared.counters.refused.fetch_add(1, Relaxed);
+                shared.counters.refused();
                 debug!(parent: &span, reason = %why, "client refused");
                 release(&mut slot, io, index, &shared).await;
                 continue;
@@ -335,19 +387,18 @@ where
         }
         let active = shared.counters.open();
         trace!(parent: &span, "client connected");
-        let handled = AssertUnwindSafe(
-            handler
-                .handle(io, info, serving, &shared)
+        let done = AssertUnwindSafe(
+            role.run(io, info, serving, &shared)
                 .instrument(span.clone()),
         )
         .catch_unwind()
         .await;
-        let Handled { io, end } = match handled {
-            Ok(handled) => handled,
+        let Done { io, end } = match done {
+            Ok(done) => done,
             Err(panic) => {
                 // The connection (and, on Windows, its pipe instance) went
                 // down with the panic; the slot makes a new instance.
-                shared.counters.panics.fetch_add(1, Relaxed);
+                shared.counters.panicked();
                 error!(parent: &span, panic = panic_message(&*panic), "the service panicked; connection closed");
                 continue;
             }
@@ -356,7 +407,7 @@ where
             debug!(parent: &span, "connection lost; replacing the instance");
             continue;
         };
-        let closed = conn::close(&mut io, &end, shared.linger_deadline(&end))
+        let closed = end::close(&mut io, &end, shared.linger_deadline(&end))
             .instrument(span.clone())
             .await;
         shared.counters.ended(&end);
@@ -374,7 +425,7 @@ where
 /// instance if that fails.
 async fn release<S: Slot>(slot: &mut S, io: S::Io, index: usize, shared: &Shared) {
     if let Err(e) = slot.release(io).await {
-        shared.counters.instance_failures.fetch_add(1, Relaxed);
+        shared.counters.instance_failed();
         warn!(instance = index, error = %e, "disconnecting the client failed; replacing the instance");
         if let Err(e) = slot.recover() {
             warn!(instance = index, error = %e, "replacing the instance failed; will retry");
@@ -382,7 +433,7 @@ async fn release<S: Slot>(slot: &mut S, io: S::Io, index: usize, shared: &Shared
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

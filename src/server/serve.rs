@@ -1,21 +1,20 @@
 //! The one way to serve: [`Serve`], a future, and its graceful variant
 //! [`WithGracefulShutdown`], as `axum::serve` has them; and the framed
-//! server's run (the pool with the `Framed` handler).
+//! server's run (the pool in the [`FrameServer`] role).
 
 use std::{
     fmt,
-    future::{poll_fn, Future},
+    future::Future,
     pin::Pin,
     task::{Context, Poll},
 };
 
 use tower_service::Service;
-use tracing::info;
 
 use super::{
-    conn::{Framed, FramedConfig, MakeConnService},
-    pool::{Pool, Shared},
-    Server, Source, Summary,
+    frame_server::{FrameServer, MakeConnService},
+    pool::Pool,
+    Listener, Server, Summary,
 };
 use crate::{codec::MakeTransport, error::BoxError, Error};
 
@@ -179,39 +178,15 @@ pub(super) async fn run<F, L, M, G>(
 ) -> Result<Summary, Error>
 where
     F: MakeTransport,
-    L: Source,
+    L: Listener,
     M: MakeConnService<F::ReadFrame, Service: FrameService<F::ReadFrame, F::WriteFrame>>,
     G: Future<Output = ()> + Send,
 {
     let Server {
         listener,
-        framing,
-        conn,
-        drain_timeout,
-        error_reply,
-        requested,
-        counters,
-        instances,
-        authorize,
+        pool,
+        frames,
     } = server;
-    let shared = Shared::new(counters.clone(), instances, conn.linger, authorize);
-    let config = FramedConfig {
-        framing,
-        conn,
-        error_reply,
-    };
-    let mut pool = Pool::start(listener, Framed::new(config, make), shared);
-    {
-        let watch = poll_fn(|cx| pool.poll_watch(cx));
-        tokio::select! {
-            () = signal => {}
-            () = requested.cancelled() => {}
-            () = watch => {}
-        }
-    }
-    info!(listener = %pool.describe(), "shutting down");
-    let cut = pool
-        .drain(tokio::time::Instant::now() + drain_timeout)
-        .await;
-    Ok(counters.shut_down(cut))
+    let role = FrameServer::new(frames, make, L::messages());
+    Ok(Pool::start(listener, role, pool).serve_until(signal).await)
 }

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use super::conn::End;
+use super::end::End;
 
 /// A snapshot of a server's counters, from [`Handle::stats`](super::Handle::stats).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,15 +57,15 @@ pub struct Summary {
 pub(crate) struct Counters {
     connections: AtomicU64,
     active: AtomicU64,
-    pub(crate) requests: AtomicU64,
+    requests: AtomicU64,
     listening: AtomicU64,
     frames_rejected: AtomicU64,
-    pub(crate) service_errors: AtomicU64,
-    pub(crate) panics: AtomicU64,
+    service_errors: AtomicU64,
+    panics: AtomicU64,
     timeouts: AtomicU64,
     io_errors: AtomicU64,
-    pub(crate) instance_failures: AtomicU64,
-    pub(crate) refused: AtomicU64,
+    instance_failures: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl Counters {
@@ -106,6 +106,31 @@ impl Counters {
             "shut down"
         );
         summary
+    }
+
+    /// A reply written (framed), a request handed to the service (HTTP).
+    pub(crate) fn answered(&self) {
+        self.requests.fetch_add(1, Relaxed);
+    }
+
+    /// A service error answered with an error reply.
+    pub(crate) fn service_failed(&self) {
+        self.service_errors.fetch_add(1, Relaxed);
+    }
+
+    /// A service, codec or rule that panicked.
+    pub(crate) fn panicked(&self) {
+        self.panics.fetch_add(1, Relaxed);
+    }
+
+    /// An instance that failed and is replaced, or an accept error.
+    pub(crate) fn instance_failed(&self) {
+        self.instance_failures.fetch_add(1, Relaxed);
+    }
+
+    /// A client an authorize rule refused.
+    pub(crate) fn refused(&self) {
+        self.refused.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn active(&self) -> u64 {

@@ -1,7 +1,7 @@
 //! The platform seam: everything that names a Windows or Unix type.
 //!
 //! This layer is a leaf, as mio's `sys` is: it defines the seam it
-//! implements (the [`Slot`] and [`Listener`] traits, [`ListenOptions`], the
+//! implements (the [`Slot`] and [`Slots`] traits, [`ListenOptions`], the
 //! platform limits) and imports nothing from the modules above it; they pass
 //! plain values down and get `io::Result`s back. Each platform module
 //! provides the same items:
@@ -11,8 +11,8 @@
 //!   instance (Windows) or accept slot (Unix);
 //! - `pipe_instances`, `MAX_INSTANCES`, `MESSAGE_PIPES`: the platform's
 //!   limits;
-//! - `MessagePipe` and `message_pipe`: whole-message reads and writes of a
-//!   connection framed by pipe messages (Windows; elsewhere never made);
+//! - `MessagePipe` and [`HasMessagePipe`]: whole-message reads and writes of
+//!   a connection framed by pipe messages (Windows; elsewhere never made);
 //! - `connect` and `is_busy`: the client's single connection attempt, and
 //!   whether its error is worth retrying; `server_user`: who runs the server
 //!   end of a client's connection;
@@ -24,63 +24,32 @@
 //! `InvalidInput` for a bad name or option, anything else for a failure to
 //! create the pipe or socket.
 
-use std::{future::Future, io};
+use std::{future::Future, io, time::Duration};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
+pub use self::unix::PipeStream;
+#[cfg(unix)]
 pub(crate) use self::unix::*;
 
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
+pub use self::windows::PipeStream;
+#[cfg(windows)]
 pub(crate) use self::windows::*;
 
-/// Message pipes exist on Windows only; elsewhere message framing is refused
-/// at bind and connect, so this is never made.
-#[cfg(not(windows))]
-#[derive(Debug)]
-pub(crate) enum MessagePipe {}
+/// The platform's I/O objects of a connection (a server's pipe instance, a
+/// client's pipe), which may be message pipes: made for message framing.
+pub(crate) trait HasMessagePipe {
+    /// The message pipe, if this is one.
+    fn message_pipe(&mut self) -> Option<&mut MessagePipe>;
 
-#[cfg(not(windows))]
-impl MessagePipe {
-    pub(crate) fn poll_read_message(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-        _max: usize,
-    ) -> std::task::Poll<io::Result<Message>> {
-        match *self {}
-    }
-
-    pub(crate) fn poll_write_ready(
-        &mut self,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        match *self {}
-    }
-
-    pub(crate) fn start_write(&mut self, _: bytes::Bytes) -> io::Result<()> {
-        match *self {}
-    }
-
-    pub(crate) fn writing(&self) -> usize {
-        match *self {}
-    }
-}
-
-/// The connection's message pipe, if `io` is one: a server's or client's
-/// pipe made for message framing.
-#[cfg(not(windows))]
-pub(crate) fn message_pipe<Io: 'static>(_: &mut Io) -> Option<&mut MessagePipe> {
-    None
-}
-
-/// As [`message_pipe`], shared.
-#[cfg(not(windows))]
-pub(crate) fn message_pipe_ref<Io: 'static>(_: &Io) -> Option<&MessagePipe> {
-    None
+    /// As [`message_pipe`](HasMessagePipe::message_pipe), shared.
+    fn message_pipe_ref(&self) -> Option<&MessagePipe>;
 }
 
 /// One read of a message pipe.
@@ -134,7 +103,7 @@ pub(crate) trait Slot: Send + 'static {
 
 /// The listening side of a server: its slots, and what stops new clients
 /// from arriving.
-pub(crate) trait Listener: Send + 'static {
+pub(crate) trait Slots: Send + 'static {
     /// One instance or accept slot.
     type Slot: Slot;
 
@@ -179,6 +148,9 @@ pub(crate) struct ListenOptions {
     /// Unix: refuse a socket directory another user could change.
     #[cfg_attr(windows, allow(dead_code))]
     pub(crate) strict_dir: bool,
+    /// Windows: the largest buffer an instance keeps for its next client;
+    /// one that read or wrote more is let go of (or replaced).
+    pub(crate) keep_at_most: usize,
 }
 
 /// A pipe's security descriptor (Windows).
@@ -205,6 +177,36 @@ pub(crate) async fn accept_in_turn<T>(
 ) -> T {
     let _turn = turn.lock().await;
     accept.await
+}
+
+/// Exponential backoff: `first`, doubling up to `max`.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    first: Duration,
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: Duration, max: Duration) -> Self {
+        Backoff {
+            first,
+            next: first,
+            max,
+        }
+    }
+
+    /// The next delay.
+    pub(crate) fn next(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(self.max);
+        delay
+    }
+
+    /// Starts over from `first`.
+    pub(crate) fn reset(&mut self) {
+        self.next = self.first;
+    }
 }
 
 #[cfg(test)]

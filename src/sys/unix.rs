@@ -5,7 +5,9 @@
 //! the listen backlog until a slot frees.
 //!
 //! The one `unsafe` here asks the kernel who this process runs as
-//! (`geteuid`, `getegid`); everything else is safe std and tokio.
+//! (`geteuid`, `getegid`); everything else is safe std and tokio. The stubs
+//! of what only Windows has (message pipes, impersonation) are here too,
+//! uninhabited.
 #![allow(unsafe_code)]
 
 use std::{
@@ -133,12 +135,12 @@ impl Drop for SocketFile {
 
 /// The bound socket and its slots.
 #[derive(Debug)]
-pub(crate) struct PipeListener {
+pub(crate) struct Bound {
     file: Arc<SocketFile>,
     slots: Vec<PipeSlot>,
 }
 
-impl super::Listener for PipeListener {
+impl super::Slots for Bound {
     type Slot = PipeSlot;
 
     fn take_slots(&mut self) -> Vec<PipeSlot> {
@@ -173,7 +175,7 @@ fn at(path: &Path, e: io::Error) -> io::Error {
 /// reach it with looser permissions even for an instant. A socket file left
 /// by a dead server (connecting is refused) is replaced; a live server's
 /// socket and any other file are left alone (`AddrInUse`).
-pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<PipeListener> {
+pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
     let parent = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -213,7 +215,7 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<PipeListener
     let slots = (0..opts.instances)
         .map(|_| PipeSlot { file: file.clone() })
         .collect();
-    Ok(PipeListener { file, slots })
+    Ok(Bound { file, slots })
 }
 
 fn in_use(path: &Path) -> io::Error {
@@ -312,6 +314,9 @@ pub(crate) struct PipeSlot {
     file: Arc<SocketFile>,
 }
 
+/// The server end of a connection: a socket stream.
+pub type PipeStream = UnixStream;
+
 impl super::Slot for PipeSlot {
     type Io = UnixStream;
 
@@ -406,6 +411,47 @@ pub(crate) fn server_user(stream: &UnixStream) -> io::Result<User> {
 /// A socket's client cannot be impersonated: never made on Unix.
 #[derive(Clone, Debug)]
 pub(crate) enum Impersonation {}
+
+/// Message pipes exist on Windows only; here message framing is refused at
+/// bind and connect, so this is never made.
+#[derive(Debug)]
+pub(crate) enum MessagePipe {}
+
+impl MessagePipe {
+    pub(crate) fn poll_read_message(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+        _max: usize,
+    ) -> std::task::Poll<io::Result<super::Message>> {
+        match *self {}
+    }
+
+    pub(crate) fn poll_write_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        match *self {}
+    }
+
+    pub(crate) fn start_write(&mut self, _: bytes::Bytes) -> io::Result<()> {
+        match *self {}
+    }
+
+    pub(crate) fn writing(&self) -> usize {
+        match *self {}
+    }
+}
+
+/// Sockets are byte streams: no message pipe under them.
+impl super::HasMessagePipe for UnixStream {
+    fn message_pipe(&mut self) -> Option<&mut MessagePipe> {
+        None
+    }
+
+    fn message_pipe_ref(&self) -> Option<&MessagePipe> {
+        None
+    }
+}
 
 /// The client's I/O object.
 pub(crate) type ClientIo = UnixStream;

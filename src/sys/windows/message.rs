@@ -115,7 +115,10 @@ use windows_sys::Win32::{
     },
 };
 
-use super::{peer_gone, write_error, SecurityDescriptor};
+use super::{
+    io::{peer_gone, write_error},
+    security::SecurityDescriptor,
+};
 use crate::sys::{ListenOptions, Message};
 
 /// The first read of a message on a new connection: most messages fit, and
@@ -129,9 +132,6 @@ const MAX_FIRST_READ: usize = 64 * 1024;
 
 /// The largest read made to throw away the rest of an over-limit message.
 const DISCARD_READ: usize = 64 * 1024;
-
-/// A read buffer larger than this is let go when the instance is reused.
-const KEEP_AT_MOST: usize = 16 * 1024;
 
 /// The completion port every message pipe is associated with, and that
 /// nobody reads: Windows cancels the I/O a thread started when the thread
@@ -596,8 +596,9 @@ impl MessagePipe {
 
     /// Ends the connection and readies the instance for the next client
     /// (server): cancels and waits for what is in flight, then
-    /// `DisconnectNamedPipe`. Nothing read or written stays behind.
-    pub(super) async fn disconnect(&mut self) -> io::Result<()> {
+    /// `DisconnectNamedPipe`. Nothing read or written stays behind; a read
+    /// buffer over `keep_at_most` bytes is let go of.
+    pub(super) async fn disconnect(&mut self, keep_at_most: usize) -> io::Result<()> {
         self.read.finish(&self.handle).await;
         self.write.finish(&self.handle).await;
         self.connecting = false;
@@ -606,7 +607,7 @@ impl MessagePipe {
         self.first_read = FIRST_READ;
         self.writing = None;
         self.buf.clear();
-        if self.buf.capacity() > KEEP_AT_MOST {
+        if self.buf.capacity() > keep_at_most {
             self.buf = BytesMut::new();
         }
         // Safety: the handle is open.

@@ -1,4 +1,5 @@
-//! The transport of length-delimited and line framing.
+//! The transport of the byte-stream framings (length-delimited, lines),
+//! over any [`Wire`] format.
 //!
 //! Like tokio-util's `Framed`, but built for echo-like traffic: frames are
 //! handed out as `Bytes` that share the read buffer (no copy), and replies
@@ -20,7 +21,24 @@ use futures_util::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::{codec::Decoder, io::poll_read_buf};
 
-use super::{builtin::BytesCodec, Buffers, Transport};
+use super::{Buffers, Transport};
+
+/// A wire format on a byte stream: how frames are cut from the bytes (its
+/// [`Decoder`]) and what goes around a frame's bytes on the wire, so that
+/// a large frame is written from where it is. One wire format, one file:
+/// `length.rs`, `line.rs`.
+pub(crate) trait Wire: Decoder<Item = Bytes, Error = io::Error> + Send + Unpin {
+    /// What goes before a frame.
+    type Head: AsRef<[u8]>;
+    /// What goes after a frame.
+    const TAIL: &'static [u8];
+
+    /// The longest frame, read or written.
+    fn max_frame_len(&self) -> usize;
+
+    /// The head of a frame of `len` bytes (at most `max_frame_len`).
+    fn head(&self, len: usize) -> Self::Head;
+}
 
 /// Room made in the read buffer when it runs short.
 const READ_CHUNK: usize = 8 * 1024;
@@ -41,20 +59,20 @@ const MAX_SLICES: usize = 64;
 /// The transport of [`Framing::LengthDelimited`](super::Framing) and
 /// [`Framing::Lines`](super::Framing).
 #[derive(Debug)]
-pub(crate) struct FramedBytes<Io> {
+pub(crate) struct StreamTransport<Io, W> {
     io: Io,
-    decoder: BytesCodec,
+    wire: W,
     read_buf: BytesMut,
     eof: bool,
     errored: bool,
     write: WriteQueue,
 }
 
-impl<Io> FramedBytes<Io> {
-    pub(crate) fn new(io: Io, decoder: BytesCodec, buffers: Buffers) -> Self {
-        FramedBytes {
+impl<Io, W> StreamTransport<Io, W> {
+    pub(crate) fn new(io: Io, wire: W, buffers: Buffers) -> Self {
+        StreamTransport {
             io,
-            decoder,
+            wire,
             read_buf: buffers.read,
             eof: false,
             errored: false,
@@ -63,7 +81,7 @@ impl<Io> FramedBytes<Io> {
     }
 }
 
-impl<Io: AsyncRead + Unpin> Stream for FramedBytes<Io> {
+impl<Io: AsyncRead + Unpin, W: Wire> Stream for StreamTransport<Io, W> {
     type Item = io::Result<Bytes>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -73,9 +91,9 @@ impl<Io: AsyncRead + Unpin> Stream for FramedBytes<Io> {
                 return Poll::Ready(None);
             }
             let frame = if this.eof {
-                this.decoder.decode_eof(&mut this.read_buf)
+                this.wire.decode_eof(&mut this.read_buf)
             } else {
-                this.decoder.decode(&mut this.read_buf)
+                this.wire.decode(&mut this.read_buf)
             };
             match frame {
                 Ok(Some(frame)) => return Poll::Ready(Some(Ok(frame))),
@@ -132,7 +150,7 @@ impl<Io: AsyncRead + Unpin> Stream for FramedBytes<Io> {
     }
 }
 
-impl<Io: AsyncWrite + Unpin> Sink<Bytes> for FramedBytes<Io> {
+impl<Io: AsyncWrite + Unpin, W: Wire> Sink<Bytes> for StreamTransport<Io, W> {
     type Error = io::Error;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -145,17 +163,12 @@ impl<Io: AsyncWrite + Unpin> Sink<Bytes> for FramedBytes<Io> {
 
     fn start_send(self: Pin<&mut Self>, frame: Bytes) -> io::Result<()> {
         let this = self.get_mut();
-        let max = this.decoder.max_frame_len();
+        let max = this.wire.max_frame_len();
         if frame.len() > max {
             return Err(super::frame_too_large(frame.len() as u64, max));
         }
-        match this.decoder {
-            BytesCodec::Length { .. } => {
-                this.write
-                    .push(&(frame.len() as u32).to_be_bytes(), frame, b"")
-            }
-            BytesCodec::Lines(_) => this.write.push(b"", frame, b"\n"),
-        }
+        let head = this.wire.head(frame.len());
+        this.write.push(head.as_ref(), frame, W::TAIL);
         Ok(())
     }
 
@@ -171,7 +184,11 @@ impl<Io: AsyncWrite + Unpin> Sink<Bytes> for FramedBytes<Io> {
     }
 }
 
-impl<Io: AsyncRead + AsyncWrite + Unpin + Send> Transport<Io, Bytes, Bytes> for FramedBytes<Io> {
+impl<Io, W> Transport<Io, Bytes, Bytes> for StreamTransport<Io, W>
+where
+    Io: AsyncRead + AsyncWrite + Unpin + Send,
+    W: Wire,
+{
     fn into_parts(self) -> (Io, Buffers) {
         let buffers = Buffers::keep(self.read_buf, self.write.small);
         (self.io, buffers)
@@ -297,11 +314,12 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::codec::{length::LengthPrefixed, LineCodec};
 
     #[tokio::test]
     async fn replies_of_every_size_are_written_in_order_and_whole() {
         let (mut peer, io) = tokio::io::duplex(1 << 20);
-        let mut t = FramedBytes::new(io, BytesCodec::length(1 << 20), Buffers::default());
+        let mut t = StreamTransport::new(io, LengthPrefixed::new(1 << 20), Buffers::default());
         let frames: Vec<Bytes> = [0usize, 1, 100, 1023, 1024, 5000, 70_000]
             .iter()
             .map(|&n| Bytes::from(vec![n as u8; n]))
@@ -325,7 +343,7 @@ mod tests {
     async fn replies_queued_behind_a_half_written_small_reply_follow_it_whole_and_in_order() {
         // 16 bytes of room: the first small reply goes out in part.
         let (mut peer, io) = tokio::io::duplex(16);
-        let mut t = FramedBytes::new(io, BytesCodec::length(1 << 20), Buffers::default());
+        let mut t = StreamTransport::new(io, LengthPrefixed::new(1 << 20), Buffers::default());
         let first = Bytes::from(vec![1u8; 100]);
         t.feed(first.clone()).await.unwrap();
         let waker = futures_util::task::noop_waker();
@@ -359,11 +377,7 @@ mod tests {
     #[tokio::test]
     async fn frames_are_read_across_reads_and_lines_get_their_newline() {
         let (mut peer, io) = tokio::io::duplex(64);
-        let mut t = FramedBytes::new(
-            io,
-            BytesCodec::Lines(super::super::LineCodec::new(100)),
-            Buffers::default(),
-        );
+        let mut t = StreamTransport::new(io, LineCodec::new(100), Buffers::default());
         let writer = tokio::spawn(async move {
             peer.write_all(b"one\ntw").await.unwrap();
             peer.write_all(b"o\r\nthree").await.unwrap();

@@ -1,0 +1,281 @@
+//! Creating a name's instances (`bind`) and the slots that reuse them,
+//! client after client, or replace them.
+
+use std::{
+    io,
+    mem::size_of,
+    os::windows::io::AsRawHandle,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::net::windows::named_pipe::{NamedPipeServer, PipeMode, ServerOptions};
+use windows_sys::Win32::{
+    Foundation::{
+        ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_INVALID_NAME, ERROR_NO_DATA,
+        ERROR_PIPE_BUSY, HANDLE,
+    },
+    Security::SECURITY_ATTRIBUTES,
+};
+
+use super::{
+    identity::{client_pid, client_session, process_user},
+    impersonate::{EndOnDrop, Impersonation},
+    invalid,
+    io::{Pipe, PipeStream},
+    security::{self, SecurityDescriptor},
+    MessagePipe,
+};
+use crate::sys::{Backoff, ListenOptions, Peer, Slot, Slots};
+
+/// Everything needed to create an instance, shared by the slots for the
+/// server's life: the security descriptor must outlive every create call.
+#[derive(Debug)]
+struct Instances {
+    path: PathBuf,
+    opts: ListenOptions,
+    security: Option<SecurityDescriptor>,
+}
+
+impl Instances {
+    fn create(&self, first: bool) -> io::Result<Pipe<NamedPipeServer>> {
+        let opts = &self.opts;
+        let first = first && opts.first_pipe_instance;
+        if opts.message_reads {
+            return MessagePipe::create(&self.path, first, opts, self.security.as_ref())
+                .map(Pipe::Message);
+        }
+        let mut options = ServerOptions::new();
+        options
+            .first_pipe_instance(first)
+            .max_instances(opts.instances)
+            .pipe_mode(if opts.message_mode {
+                PipeMode::Message
+            } else {
+                PipeMode::Byte
+            })
+            .reject_remote_clients(opts.reject_remote_clients)
+            .in_buffer_size(opts.in_buffer_size)
+            .out_buffer_size(opts.out_buffer_size);
+        let pipe = match &self.security {
+            None => options.create(&self.path),
+            Some(sd) => {
+                let mut attrs = SECURITY_ATTRIBUTES {
+                    nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
+                    lpSecurityDescriptor: sd.0,
+                    bInheritHandle: 0,
+                };
+                // Safety: `attrs` is a valid SECURITY_ATTRIBUTES for the call,
+                // and the descriptor it points to lives in `self`, which
+                // outlives the call; `CreateNamedPipeW` copies what it needs.
+                unsafe {
+                    options.create_with_security_attributes_raw(&self.path, (&raw mut attrs).cast())
+                }
+            }
+        };
+        pipe.map(Pipe::Stream)
+    }
+}
+
+/// The created instances and their slots.
+#[derive(Debug)]
+pub(crate) struct Bound {
+    instances: Arc<Instances>,
+    slots: Vec<PipeSlot>,
+}
+
+impl Slots for Bound {
+    type Slot = PipeSlot;
+
+    fn take_slots(&mut self) -> Vec<PipeSlot> {
+        std::mem::take(&mut self.slots)
+    }
+
+    fn spare(&self) -> PipeSlot {
+        PipeSlot {
+            pipe: None,
+            instances: self.instances.clone(),
+        }
+    }
+
+    fn stop(&self) {}
+
+    fn describe(&self) -> String {
+        self.instances.path.display().to_string()
+    }
+}
+
+/// Creates all instances now, so that a taken name or a bad option is an
+/// error of `bind` itself, and returns one slot per instance.
+pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
+    let security = security::descriptor(&opts.security)?;
+    let instances = Arc::new(Instances {
+        path: path.to_owned(),
+        opts: opts.clone(),
+        security,
+    });
+    let slots = (0..opts.instances)
+        .map(|i| {
+            let pipe = instances
+                .create(i == 0)
+                .map_err(|e| bind_error(path, opts, i, e))?;
+            Ok(PipeSlot {
+                pipe: Some(pipe),
+                instances: instances.clone(),
+            })
+        })
+        .collect::<io::Result<_>>()?;
+    Ok(Bound { instances, slots })
+}
+
+fn bind_error(path: &Path, opts: &ListenOptions, index: usize, e: io::Error) -> io::Error {
+    let code = e.raw_os_error().map(|c| c as u32);
+    let path = path.display();
+    match code {
+        Some(ERROR_ACCESS_DENIED) if index == 0 && opts.first_pipe_instance => io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("pipe {path} exists already (another server holds the name): {e}"),
+        ),
+        Some(ERROR_PIPE_BUSY) => io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("pipe {path} has no free instance (another server holds the name): {e}"),
+        ),
+        Some(ERROR_INVALID_NAME | ERROR_BAD_PATHNAME) => {
+            invalid(format!("invalid pipe path {path}: {e}"))
+        }
+        _ => io::Error::new(
+            // Not InvalidInput or AddrInUse, which mean something else here.
+            match e.kind() {
+                io::ErrorKind::InvalidInput | io::ErrorKind::AddrInUse => io::ErrorKind::Other,
+                kind => kind,
+            },
+            format!(
+                "creating pipe instance {} of {} of {path}: {e}",
+                index + 1,
+                opts.instances
+            ),
+        ),
+    }
+}
+
+/// One pipe instance.
+#[derive(Debug)]
+pub(crate) struct PipeSlot {
+    /// `None` while a client is connected (the connection owns it), or after
+    /// the instance failed and was dropped.
+    pipe: Option<Pipe<NamedPipeServer>>,
+    instances: Arc<Instances>,
+}
+
+impl Slot for PipeSlot {
+    type Io = PipeStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Io, Peer)> {
+        if self.pipe.is_none() {
+            self.pipe = Some(self.instances.create(false)?);
+        }
+        // Cancel safe: the instance stays in the slot until a client is in
+        // (a message pipe's connect in flight with it).
+        match self.pipe.as_mut().expect("pipe instance just ensured") {
+            Pipe::Stream(pipe) => match pipe.connect().await {
+                Ok(()) => {}
+                // The client came and went before the connect completed: it
+                // is connected and the first read will see its EOF.
+                Err(e) if e.raw_os_error() == Some(ERROR_NO_DATA as i32) => {}
+                Err(e) => return Err(e),
+            },
+            Pipe::Message(pipe) => std::future::poll_fn(|cx| pipe.poll_connect(cx)).await?,
+        }
+        let pipe = self.pipe.take().expect("pipe instance present");
+        let handle = pipe.as_raw_handle() as HANDLE;
+        let pid = client_pid(handle);
+        let impersonation = Impersonation::new(handle);
+        let peer = Peer {
+            pid,
+            // The client's token, through its process: taken now, once.
+            user: pid.and_then(|pid| process_user(pid).ok()),
+            session: client_session(handle),
+            impersonation: Some(impersonation.clone()),
+        };
+        let io = PipeStream {
+            impersonation: EndOnDrop(impersonation),
+            pipe,
+            large: false,
+            keep_at_most: self.instances.opts.keep_at_most,
+        };
+        Ok((io, peer))
+    }
+
+    async fn release(&mut self, io: Self::Io) -> io::Result<()> {
+        let PipeStream {
+            impersonation,
+            pipe,
+            large,
+            ..
+        } = io;
+        // No one acts as this client from now on: the pipe is about to
+        // serve another, or to close.
+        drop(impersonation);
+        let pipe = match pipe {
+            Pipe::Stream(pipe) => pipe,
+            // Its buffers are its own: reused, or let go when large.
+            Pipe::Message(mut pipe) => {
+                pipe.disconnect(self.instances.opts.keep_at_most).await?;
+                self.pipe = Some(Pipe::Message(pipe));
+                return Ok(());
+            }
+        };
+        if large {
+            // mio keeps the buffers of a pipe's last operations (up to
+            // 1 MiB each) for its next ones: an instance reused after large
+            // writes would hold that memory for good, across all instances.
+            // A new instance starts empty, as the hand-written loop's
+            // per-client instances do.
+            return self.replace(pipe).await;
+        }
+        let res = pipe.disconnect();
+        if res.is_ok() {
+            self.pipe = Some(Pipe::Stream(pipe));
+        }
+        res
+    }
+
+    fn recover(&mut self) -> io::Result<()> {
+        // Drop the failed handle first: all instances of a name count
+        // against `max_instances`.
+        self.pipe = None;
+        self.pipe = Some(self.instances.create(false)?);
+        Ok(())
+    }
+}
+
+impl PipeSlot {
+    /// Closes `pipe` and creates a new instance in its place.
+    ///
+    /// The handle closes only once mio has seen its read in flight end
+    /// (disconnecting ends it), on a later turn of the I/O driver; until
+    /// then the name may have all its instances, and creating one is
+    /// "busy". So it is retried for a while.
+    async fn replace(&mut self, pipe: NamedPipeServer) -> io::Result<()> {
+        let _ = pipe.disconnect();
+        drop(pipe);
+        let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            match self.instances.create(false) {
+                Ok(next) => {
+                    self.pipe = Some(next);
+                    return Ok(());
+                }
+                Err(e)
+                    if e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32)
+                        && tokio::time::Instant::now() < give_up =>
+                {
+                    tokio::time::sleep(backoff.next()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
