@@ -166,7 +166,7 @@ async fn serve(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
 async fn client(name: &str) -> Result<(), Box<dyn std::error::Error>> {
     // The URI only names the authority; the connector opens the pipe.
     let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(pipeserve::tonic::Connector::new(name)?)
+        .connect_with_connector(pipeserve::client::Connector::new(name)?)
         .await?;
 
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());

@@ -24,7 +24,7 @@
 //! connection (a WebSocket, say) leaves hyper's connection with its I/O and
 //! holds its instance until it is dropped.
 //!
-//! Clients: hyper-util's client with a [`Connector`]
+//! Clients: hyper-util's client with a [`client::Connector`](crate::client::Connector)
 //! calls `http://localhost/path` over the pipe.
 //!
 //! # Examples
@@ -59,7 +59,6 @@ use tokio::{
 use tower_service::Service;
 use tracing::{debug, error, info};
 
-pub use crate::client::Connector;
 use crate::{
     server::{ConnectionInfo, Counters, Incoming, Serve, Shared, Summary},
     BoxError, Error,

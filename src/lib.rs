@@ -117,9 +117,9 @@
     rust_2018_idioms,
     unreachable_pub
 )]
-// Every `unsafe` lives in `sys/`: `sys/windows.rs` (pipes, security, tokens)
-// and one call in `sys/unix.rs` (who this process runs as); only those files
-// allow it.
+// Every `unsafe` lives in `sys/`: `sys/windows/` (pipes, security, tokens;
+// its `mod.rs` says which file does what) and one call in `sys/unix.rs` (who
+// this process runs as); only those allow it.
 #![deny(unsafe_code, unsafe_op_in_unsafe_fn)]
 
 pub mod client;
@@ -138,6 +138,7 @@ pub mod test_util;
 pub mod tonic;
 
 pub use client::Client;
+pub use codec::Framing;
 pub use error::{BoxError, Error};
 pub use identity::User;
 pub use name::Address;

@@ -21,9 +21,10 @@
 //!
 //! # Calling
 //!
-//! A [`Connector`] for `Endpoint::connect_with_connector`: the endpoint's URI
-//! only names the `:authority` (`http://localhost`); the connector opens the
-//! pipe, retrying while every instance is busy until its connect timeout.
+//! A [`client::Connector`](crate::client::Connector) for
+//! `Endpoint::connect_with_connector`: the endpoint's URI only names the
+//! `:authority` (`http://localhost`); the connector opens the pipe, retrying
+//! while every instance is busy until its connect timeout.
 //!
 //! # Examples
 //!
@@ -41,7 +42,7 @@
 //! );
 //!
 //! let channel = Endpoint::from_static("http://localhost")
-//!     .connect_with_connector(pipeserve::tonic::Connector::new("myapp")?)
+//!     .connect_with_connector(pipeserve::client::Connector::new("myapp")?)
 //!     .await?;
 //! # let _ = channel;
 //! # Ok(()) }
@@ -49,7 +50,6 @@
 
 use ::tonic::transport::server::Connected;
 
-pub use crate::client::Connector;
 use crate::{server::Connection, ConnectionInfo};
 
 impl<Io> Connected for Connection<Io> {

@@ -10,7 +10,7 @@ use std::{pin::Pin, time::Duration};
 
 use common::*;
 use futures_util::Stream;
-use pipeserve::{tonic::Connector, ConnectionInfo, Server};
+use pipeserve::{client::Connector, ConnectionInfo, Server};
 use tokio::sync::oneshot;
 use tonic::{
     transport::{Channel, Endpoint},

@@ -452,3 +452,23 @@ async fn message_framing_over_any_listener_is_a_config_error() {
         .unwrap_err();
     assert!(err.is_config(), "{err}");
 }
+
+#[tokio::test]
+async fn message_framing_over_a_stream_of_your_own_is_a_config_error_and_nothing_is_written() {
+    let (io, mut peer) = tokio::io::duplex(64);
+    let err = pipeserve::Client::builder()
+        .framing(pipeserve::Framing::Message)
+        .connect_io(io)
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(err.to_string().contains("message framing"), "{err}");
+    // The stream was dropped unused: its peer reads the end at once.
+    let mut rest = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut rest)
+        .await
+        .unwrap();
+    assert!(rest.is_empty());
+    // The same stream with length framing is served.
+    let (io, _peer) = tokio::io::duplex(64);
+    assert!(pipeserve::Client::builder().connect_io(io).is_ok());
+}

@@ -345,12 +345,11 @@ impl<F: MakeTransport> Builder<F> {
     /// made with [`Server::builder().listener(..)`](crate::server::Builder::listener))
     /// and starts the connection's task on the current runtime.
     ///
-    /// Message framing needs a message pipe that pipeserve made, so it is
-    /// refused here: [`connect`](Builder::connect) by name opens one. (A
-    /// tokio `NamedPipeClient` in message mode would not do: its reads cut
-    /// messages longer than 4 KiB; see [`codec`](crate::codec).) Length and
-    /// line framing, and codecs of your own, work over a pipe in either
-    /// mode.
+    /// Message framing needs a message pipe that pipeserve made (not a
+    /// tokio `NamedPipeClient` in message mode: see the
+    /// [`codec`](crate::codec) docs), so it is refused here;
+    /// [`connect`](Builder::connect) by name opens one. Length and line
+    /// framing, and codecs of your own, work over a pipe in either mode.
     ///
     /// # Errors
     ///

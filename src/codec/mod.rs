@@ -33,19 +33,13 @@
 //! WriteFile("hello")  ->  [message: h e l l o]  ->  one frame "hello"
 //! ```
 //!
-//! Whoever keeps a read in flight on a message pipe owns its message
-//! boundaries. tokio's pipes (mio underneath) keep one overlapped read in
-//! flight into a buffer of their own from connect on (4 KiB on a new
-//! instance, then 4-64 KiB) and hand on a message cut by it as plain data
-//! (`ERROR_MORE_DATA` is swallowed), so message framing does not use them:
-//! the server's instances and the client's pipe are pipeserve's own,
-//! driven with overlapped I/O. A read that ends with `ERROR_MORE_DATA`
-//! (the message goes on) is followed by one for exactly the rest, sized
-//! with `PeekNamedPipe`; a message over the limit is read on in pieces,
-//! thrown away, and ends its connection as "frame too large"; a 0-byte read
-//! is an empty message, while end of stream is the client closing. Each
-//! frame written is one `WriteFile`. Byte mode, and length-delimited or
-//! line framing in message mode, stay on tokio's pipes.
+//! Message framing does not run on tokio's pipes, whose reads cut messages
+//! (`docs/windows.md` says why): the server's instances and the client's
+//! pipe are pipeserve's own, and read and write whole messages. So it works
+//! with [`bind`](crate::server::Builder::bind) and a client's
+//! [`connect`](crate::client::Builder::connect) by name, and is a config
+//! error elsewhere. Byte mode, and length-delimited or line framing in
+//! message mode, stay on tokio's pipes.
 //!
 //! **Your own codec**: any tokio-util [`Decoder`] + [`Encoder`], through
 //! [`Codec`] (the server's and client's `codec` setters). Your codec enforces

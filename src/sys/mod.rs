@@ -7,8 +7,9 @@
 //! provides the same items:
 //!
 //! - `full_path` / `portable_path`: name resolution for `Address`;
-//! - `bind`: creates the server's listening side, one [`Slot`] per pipe
-//!   instance (Windows) or accept slot (Unix);
+//! - `bind`: creates the server's listening side (`Bound`), one [`Slot`]
+//!   per pipe instance (Windows) or accept slot (Unix), whose connections
+//!   are `PipeStream`s;
 //! - `pipe_instances`, `MAX_INSTANCES`, `MESSAGE_PIPES`: the platform's
 //!   limits;
 //! - `MessagePipe` and [`HasMessagePipe`]: whole-message reads and writes of
@@ -17,7 +18,10 @@
 //!   whether its error is worth retrying; `server_user`: who runs the server
 //!   end of a client's connection;
 //! - `User` (a SID or a uid and gid), `current_user`, `in_group`, and
-//!   `Impersonation` (Windows: act as a pipe's client; elsewhere never made).
+//!   `Impersonation` (Windows: act as a pipe's client; elsewhere never made);
+//! - `measure` (feature `test-util`): process measurements for tests.
+//!
+//! And, for both, [`Backoff`] and [`accept_in_turn`].
 //!
 //! Errors of `bind` and of name resolution carry their meaning in the
 //! [`io::ErrorKind`]: `AddrInUse` for a name another server holds,
