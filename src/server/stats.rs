@@ -53,7 +53,15 @@ pub struct Summary {
 }
 
 /// The server's live counters.
+///
+/// Aligned to its own cache lines (128 bytes: two lines, as the adjacent
+/// line prefetcher pairs them): the counters are written on every reply, and
+/// the stop flag beside them in the pool's `Shared` is read on every read of
+/// every connection; on one line, each reply would take the line from the
+/// other cores (measured: 16 x 64 B x 1 at 0.93x the floor instead of
+/// 0.99x).
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Counters {
     connections: AtomicU64,
     active: AtomicU64,
