@@ -209,7 +209,7 @@ where
     // after the response, HTTP/2 gets a GOAWAY), until the drain deadline;
     // then what remains is closed, and the pool waits (within the same
     // deadline) for each client to close before disconnecting its pipe.
-    let deadline = pool.drain_deadline();
+    let deadline = pool.new_drain_deadline();
     let graceful = async {
         graceful.shutdown().await;
         while let Some(done) = connections.join_next().await {

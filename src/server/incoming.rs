@@ -30,7 +30,7 @@ use crate::sys::Slots;
 use tokio::time::Instant;
 
 /// The connections of a server, as they come: from
-/// [`Server::into_incoming`].
+/// [`Server::into_incoming`](super::Server::into_incoming).
 ///
 /// A [`Stream`] of [`Connection`]s (each `Ok`), also [`accept`](Incoming::accept):
 /// every pipe instance (and spare) keeps listening, at most `instances`

@@ -154,8 +154,9 @@ impl Shared {
         &self.shutdown_request
     }
 
-    /// When a graceful shutdown that begins now must be done.
-    pub(crate) fn drain_deadline(&self) -> Instant {
+    /// When a graceful shutdown that begins now must be done: now plus the
+    /// drain timeout.
+    pub(crate) fn new_drain_deadline(&self) -> Instant {
         Instant::now() + self.config.drain_timeout
     }
 
@@ -298,7 +299,7 @@ where
         }
         tracing::info!(listener = %self.describe(), "shutting down");
         let shared = self.shared.clone();
-        let cut = self.drain(shared.drain_deadline()).await;
+        let cut = self.drain(shared.new_drain_deadline()).await;
         shared.counters.shut_down(cut)
     }
 
