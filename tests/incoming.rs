@@ -210,3 +210,29 @@ async fn a_client_accepted_but_not_taken_is_let_go_when_the_stream_is_dropped() 
     })
     .await
 }
+
+#[tokio::test]
+async fn a_listener_of_your_own_hands_out_connections_of_its_stream_type() {
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let server = Server::builder().instances(2).listener(tcp).unwrap();
+    // The public types name the I/O, not the listener.
+    let mut incoming: Incoming<tokio::net::TcpStream> = server.into_incoming();
+    let client = tokio::spawn(async move {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(b"ping").await.unwrap();
+        let mut reply = [0u8; 4];
+        stream.read_exact(&mut reply).await.unwrap();
+        reply
+    });
+    let mut conn: Connection<tokio::net::TcpStream> = incoming.accept().await.unwrap();
+    let mut req = [0u8; 4];
+    conn.read_exact(&mut req).await.unwrap();
+    assert_eq!(&req, b"ping");
+    conn.write_all(b"pong").await.unwrap();
+    assert_eq!(&client.await.unwrap(), b"pong");
+    // TCP says no pid; the pool numbered the connection all the same.
+    assert_eq!(conn.info().client_pid(), None);
+    assert_eq!(conn.info().id(), 1);
+    assert_eq!(incoming.handle().stats().connections, 1);
+}
