@@ -121,9 +121,7 @@ pub(crate) trait Listen<Io>: sys::Slots<Slot: sys::Slot<Io = Io>> {
     fn messages() -> Messages<Io>;
 }
 
-/// The server end of a connection from [`bind`](super::Builder::bind): a
-/// pipe instance's on Windows, tokio's `UnixStream` on Unix. Read and write
-/// it through the [`Connection`](super::Connection) that carries it.
+// Its docs are the platform's own.
 pub use crate::sys::PipeStream;
 
 /// The pipe instances (Windows) or Unix socket that

@@ -314,7 +314,10 @@ pub(crate) struct PipeSlot {
     file: Arc<SocketFile>,
 }
 
-/// The server end of a connection: a socket stream.
+/// The server end of a connection from
+/// [`bind`](crate::server::Builder::bind): on Unix, tokio's `UnixStream`
+/// (a pipe instance's end on Windows). Read and write it through the
+/// [`Connection`](crate::server::Connection) that carries it.
 pub type PipeStream = UnixStream;
 
 impl super::Slot for PipeSlot {

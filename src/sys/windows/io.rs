@@ -18,8 +18,9 @@ use windows_sys::Win32::Foundation::{ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIP
 use super::{impersonate::EndOnDrop, MessagePipe};
 use crate::sys::HasMessagePipe;
 
-/// The server end of a connected pipe instance, from
-/// [`bind`](crate::server::Builder::bind): read and write it through the
+/// The server end of a connection from
+/// [`bind`](crate::server::Builder::bind): on Windows, a connected pipe
+/// instance's (tokio's `UnixStream` on Unix). Read and write it through the
 /// [`Connection`](crate::server::Connection) that carries it.
 #[derive(Debug)]
 pub struct PipeStream {
