@@ -100,8 +100,9 @@ where
 /// serving. The builder's framing, frame limits and idle/write timeouts do
 /// not apply; its instances, pipe options, linger and drain timeout do.
 /// The `Serve` owns the pool: dropping it stops the server at once, as for
-/// framed serving (while clients that connect before its first poll wait,
-/// connected).
+/// framed serving. The instances listen from `into_incoming` on (which, as
+/// `bind`, needs a tokio runtime); clients that connect before the `Serve`
+/// is first polled wait, connected.
 ///
 /// Connections are served by hyper-util's automatic builder with tokio's
 /// timer, so hyper's own timeouts work: a client that opens a connection

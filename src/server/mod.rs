@@ -69,6 +69,7 @@ impl<F: MakeTransport, L: Listener> fmt::Debug for Server<F, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field("listener", &self.listener.describe())
+            .field("instances", &self.pool.instances())
             .finish_non_exhaustive()
     }
 }

@@ -139,6 +139,11 @@ impl Shared {
         })
     }
 
+    /// Connections served at once.
+    pub(crate) fn instances(&self) -> usize {
+        self.config.instances
+    }
+
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
     }

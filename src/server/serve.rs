@@ -45,8 +45,10 @@ type Start = Box<dyn FnOnce(BoxSignal) -> BoxServe + Send>;
 /// own) or until [`Handle::shutdown`](super::Handle::shutdown) (a graceful
 /// shutdown); [`with_graceful_shutdown`](Serve::with_graceful_shutdown) adds
 /// a signal. It resolves to the [`Summary`] of what the server did, once
-/// every connection has ended or the drain timeout cut it. Nothing runs
-/// before the first poll, on the runtime that polls it.
+/// every connection has ended or the drain timeout cut it. Framed serving
+/// starts nothing before the first poll, on the runtime that polls it; the
+/// HTTP integration serves an [`Incoming`](super::Incoming), whose instances
+/// listen from [`into_incoming`](super::Server::into_incoming) on.
 ///
 /// # Errors
 ///
