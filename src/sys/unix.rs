@@ -294,18 +294,44 @@ fn check_dir(dir: &Path) -> io::Result<()> {
 
 /// Creates a new directory beside the socket that only the owner can enter.
 fn private_dir(parent: &Path) -> io::Result<PathBuf> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    loop {
-        let dir = parent.join(format!(
-            ".pipeserve-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+    private_dir_named(parent, unpredictable_name)
+}
+
+/// How many names `private_dir` tries before it gives up: a random name is
+/// taken only if someone else made it, and one who guesses them all is not
+/// waited out.
+const PRIVATE_DIR_TRIES: usize = 16;
+
+/// Creates a new `0700` directory in `parent` under a name from `name`,
+/// trying a bounded number of names.
+fn private_dir_named(parent: &Path, mut name: impl FnMut() -> String) -> io::Result<PathBuf> {
+    for _ in 0..PRIVATE_DIR_TRIES {
+        let dir = parent.join(name());
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             r => return r.map(|()| dir),
         }
     }
+    Err(io::Error::new(
+        io::ErrorKind::AlreadyExists,
+        format!(
+            "the {PRIVATE_DIR_TRIES} names tried for a private staging directory in {} were \
+             all taken (someone else is creating them)",
+            parent.display()
+        ),
+    ))
+}
+
+/// A name for a staging directory that another user cannot know in
+/// advance (and so cannot take first): 64 bits of SipHash under the keys
+/// std draws from the system's random source for each `RandomState`.
+fn unpredictable_name() -> String {
+    use std::hash::{BuildHasher, Hasher};
+
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    format!(".pipeserve-{:016x}", hasher.finish())
 }
 
 /// One accept slot on the shared listener.
@@ -537,5 +563,49 @@ pub(crate) mod measure {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let line = status.lines().find(|l| l.starts_with(key))?;
         Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::Cell, fs};
+
+    use super::{private_dir_named, unpredictable_name, PRIVATE_DIR_TRIES};
+
+    fn scratch(tag: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pipeserve-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_staging_dir_whose_names_are_all_taken_is_given_up_after_a_bounded_number_of_tries() {
+        let parent = scratch("taken");
+        // Another user made the one name this source gives, first.
+        fs::create_dir(parent.join(".taken")).unwrap();
+        let tries = Cell::new(0);
+        let err = private_dir_named(&parent, || {
+            tries.set(tries.get() + 1);
+            ".taken".to_owned()
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+        assert!(err.to_string().contains("all taken"), "{err}");
+        assert_eq!(tries.get(), PRIVATE_DIR_TRIES);
+        fs::remove_dir_all(&parent).unwrap();
+    }
+
+    #[test]
+    fn staging_dir_names_are_random_hex_not_the_pid_and_a_counter() {
+        let names: std::collections::HashSet<String> =
+            (0..1000).map(|_| unpredictable_name()).collect();
+        assert_eq!(names.len(), 1000, "a name repeated");
+        for name in &names {
+            let random = name.strip_prefix(".pipeserve-").unwrap();
+            assert_eq!(random.len(), 16, "{name}");
+            assert!(random.chars().all(|c| c.is_ascii_hexdigit()), "{name}");
+            assert!(!random.contains('-'), "{name}");
+        }
     }
 }
