@@ -4,8 +4,9 @@ use std::fmt;
 
 use crate::{error::Kind, sys, Error};
 
-/// The user a process runs as: a user SID on Windows (the process token's
-/// user), a uid (and primary gid) on Unix (the socket's peer credentials).
+/// The user a process runs as: a user SID on Windows (a token's user: the
+/// connection's, for a client), a uid (and primary gid) on Unix (the
+/// socket's peer credentials).
 ///
 /// A server learns its client's from [`ConnectionInfo::user`](crate::ConnectionInfo::user);
 /// a client checks its server's with

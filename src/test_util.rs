@@ -59,3 +59,53 @@ pub fn dacl_sddl(handle: std::os::windows::io::BorrowedHandle<'_>) -> std::io::R
 pub fn thread_user() -> Option<String> {
     measure::thread_user()
 }
+
+/// The impersonation level of this thread's token (0 anonymous, 1
+/// identification, 2 impersonation, 3 delegation), or `None` when it is not
+/// impersonating.
+#[cfg(windows)]
+pub fn thread_impersonation_level() -> Option<i32> {
+    measure::thread_impersonation_level()
+}
+
+/// Makes this thread act as its own process at identification level
+/// (`ImpersonateSelf`), as code using another impersonation API would; end
+/// it with [`revert_to_self`].
+#[cfg(windows)]
+pub fn impersonate_self() -> std::io::Result<()> {
+    measure::impersonate_self()
+}
+
+/// Ends this thread's impersonation (`RevertToSelf`).
+#[cfg(windows)]
+pub fn revert_to_self() {
+    measure::revert_to_self()
+}
+
+/// A process running as this process's user with one group made deny-only
+/// (so a rule on that group refuses it); killed when dropped.
+#[cfg(windows)]
+#[derive(Debug)]
+pub struct Restricted(measure::Restricted);
+
+#[cfg(windows)]
+impl Restricted {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.0.pid
+    }
+}
+
+/// Starts `command_line` (the program first, quoted) as this process's
+/// user, with the group `group` (a SID string) deny-only in its token.
+#[cfg(windows)]
+pub fn spawn_without_group(command_line: &str, group: &str) -> std::io::Result<Restricted> {
+    measure::spawn_without_group(command_line, group).map(Restricted)
+}
+
+/// The system's id of the calling thread (`GetCurrentThreadId`): under
+/// Wine, thread and process ids come from one table.
+#[cfg(windows)]
+pub fn os_thread_id() -> u32 {
+    measure::os_thread_id()
+}

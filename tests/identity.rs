@@ -223,16 +223,16 @@ async fn inside_an_impersonation_the_thread_is_the_client_and_after_it_is_not() 
         let server = Server::builder().instances(1).bind(&name).unwrap();
         let make = tower::service_fn(|info: ConnectionInfo| async move {
             Ok::<_, Infallible>(tower::service_fn(move |_: Bytes| {
-                // A request was read: Windows allows acting as the client.
                 let (inside, nested, still) = info
                     .impersonate(|| {
-                        // Nesting is refused, and leaves the outer one as it was.
-                        let nested = info.impersonate(|| ()).map_err(|e| e.to_string());
+                        // Nested, it acts as the client too, and gives the
+                        // outer one back as it was.
+                        let nested = info.impersonate(thread_user).unwrap();
                         (thread_user(), nested, thread_user())
                     })
                     .unwrap();
                 let after = thread_user();
-                assert!(nested.unwrap_err().contains("do not nest"));
+                assert_eq!(inside, nested);
                 assert_eq!(inside, still);
                 let reply = format!("{inside:?}|{after:?}");
                 async move { Ok::<_, Infallible>(Bytes::from(reply)) }
@@ -275,6 +275,175 @@ async fn impersonating_after_the_connection_ended_is_a_clear_error() {
             }
         };
         assert!(err.is_io(), "{err}");
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_that_never_answers_holds_no_place_and_its_client_is_refused_at_the_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    within(60, async {
+        // The rule never answers for the first client and lets in the next.
+        let calls = Arc::new(AtomicU64::new(0));
+        let asked = Arc::new(tokio::sync::Notify::new());
+        let rule = {
+            let (calls, asked) = (calls.clone(), asked.clone());
+            move |_: ConnectionInfo| {
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                asked.notify_one();
+                async move {
+                    if first {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<(), Infallible>(())
+                }
+            }
+        };
+        let seen = Arc::new(AtomicU64::new(0));
+        let server = start(
+            "id-hung-rule",
+            Server::builder()
+                .instances(1)
+                .authorize_timeout(std::time::Duration::from_secs(2))
+                .authorize(rule),
+            counting_echo(seen.clone()),
+        );
+        let mut hung = raw_connect(&server.name).await;
+        hung.write_all(&frame(b"judge me")).await.unwrap();
+        asked.notified().await;
+
+        // With the rule still out for the first client, the one instance
+        // serves the second.
+        let served = Client::connect(&server.name).await.unwrap();
+        assert_eq!(served.call(Bytes::from("hi")).await.unwrap(), "hi");
+        drop(served);
+
+        // The first is refused at the deadline: closed, nothing answered.
+        let mut rest = Vec::new();
+        let _ = hung.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "{rest:?}");
+        let summary = server.stop().await;
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            1,
+            "only the second's frame was read"
+        );
+        assert_eq!(
+            (summary.stats.refused, summary.stats.authorize_timeouts),
+            (1, 1)
+        );
+        assert_eq!((summary.connections, summary.requests), (1, 1));
+    })
+    .await
+}
+
+#[cfg(windows)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acting_as_the_client_inside_another_apis_impersonation_leaves_the_thread_as_found() {
+    use pipeserve::test_util::{impersonate_self, revert_to_self, thread_impersonation_level};
+
+    within(60, async {
+        let name = unique_name("id-impersonate-other");
+        let server = Server::builder().instances(1).bind(&name).unwrap();
+        let make = tower::service_fn(|info: ConnectionInfo| async move {
+            Ok::<_, Infallible>(tower::service_fn(move |_: Bytes| {
+                // Another API made this thread act as the process, at
+                // identification level.
+                impersonate_self().unwrap();
+                let before = thread_impersonation_level();
+                let inside = info.impersonate(thread_impersonation_level).unwrap();
+                let after = thread_impersonation_level();
+                revert_to_self();
+                let reply = format!("{before:?}|{inside:?}|{after:?}");
+                async move { Ok::<_, Infallible>(Bytes::from(reply)) }
+            }))
+        });
+        let serving = tokio::spawn(server.serve_make(make));
+        let client = Client::builder()
+            .impersonation(true)
+            .connect(&name)
+            .await
+            .unwrap();
+        let reply = client.call(Bytes::from("who am i")).await.unwrap();
+        // Identification (1) before and after; the client's impersonation
+        // level (2) inside.
+        assert_eq!(reply, "Some(1)|Some(2)|Some(1)");
+        serving.abort();
+    })
+    .await
+}
+
+#[cfg(windows)]
+#[test]
+fn dropping_a_connection_inside_its_own_impersonation_does_not_hang() {
+    use pipeserve::test_util::thread_user;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (conn, client) = runtime.block_on(within(30, async {
+        let name = unique_name("id-impersonate-drop");
+        let server = Server::builder().instances(1).bind(&name).unwrap();
+        let mut incoming = server.into_incoming();
+        let mut client = raw_connect(&name).await;
+        client.write_all(b"x").await.unwrap();
+        let mut conn = incoming.accept().await.unwrap();
+        let mut byte = [0u8; 1];
+        conn.read_exact(&mut byte).await.unwrap();
+        (conn, client)
+    }));
+    // With the server's runtime gone, nothing takes the connection back:
+    // dropping it closes the pipe right there, inside the closure.
+    drop(runtime);
+    let info = conn.info().clone();
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(info.impersonate(move || {
+            drop(conn);
+            thread_user()
+        }));
+    });
+    let ran_as = finished
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the drop hung inside the impersonation")
+        .unwrap();
+    // It ran to its end as the client.
+    assert_eq!(ran_as.as_deref(), Some(User::current().unwrap().sid()));
+    drop(client);
+}
+
+#[cfg(windows)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_client_of_a_server_open_to_remote_ones_keeps_its_pid_and_user() {
+    within(60, async {
+        let name = unique_name("id-remote-ok");
+        let server = Server::builder()
+            .reject_remote_clients(false)
+            .bind(&name)
+            .unwrap();
+        let make = tower::service_fn(|info: ConnectionInfo| async move {
+            Ok::<_, Infallible>(tower::service_fn(move |_: Bytes| {
+                let reply = format!(
+                    "{}|{:?}|{}",
+                    info.is_remote(),
+                    info.client_pid(),
+                    info.user().map(|u| u.to_string()).unwrap_or_default(),
+                );
+                async move { Ok::<_, Infallible>(Bytes::from(reply)) }
+            }))
+        });
+        let serving = tokio::spawn(server.serve_make(make));
+        let client = Client::connect(&name).await.unwrap();
+        let reply = client.call(Bytes::new()).await.unwrap();
+        assert_eq!(
+            reply,
+            format!(
+                "false|Some({})|{}",
+                std::process::id(),
+                User::current().unwrap()
+            )
+        );
+        serving.abort();
     })
     .await
 }

@@ -9,9 +9,11 @@ use crate::{error::BoxError, User};
 /// session), whether the server talks to it: see
 /// [`Builder::authorize`](super::Builder::authorize).
 ///
-/// A refused client is closed before anything is read from it, counted in
+/// A refused client is closed before anything of it reaches a service (and
+/// before it takes one of the places served at once), counted in
 /// [`Stats::refused`](super::Stats::refused), and logged at `debug` with the
-/// rule's reason. Implemented for async closures
+/// rule's reason. The rules together have the
+/// [`authorize_timeout`](super::Builder::authorize_timeout) to decide. Implemented for async closures
 /// `Fn(ConnectionInfo) -> impl Future<Output = Result<(), E>>`, and by the
 /// rules of this module: [`same_user`], [`user`], and (per platform)
 /// `group_sid` (Windows) or `group_gid` (Unix).
@@ -128,8 +130,8 @@ impl Authorize for UserIs {
 /// Lets in only clients whose token holds the group `sid` (a SID string,
 /// such as `S-1-5-32-544` for Administrators), enabled: in an unelevated
 /// administrator's token Administrators is deny-only and does not count.
-/// Windows only. The groups are read from the client's process token,
-/// opened when the client connected.
+/// Windows only. The groups are read from the connection's token, kept
+/// from when the client was identified.
 #[cfg(windows)]
 pub fn group_sid(sid: &str) -> InGroup {
     InGroup(sid.to_owned())

@@ -145,6 +145,7 @@ impl Default for Builder {
                 linger: Duration::from_secs(2),
                 drain_timeout: Duration::from_secs(10),
                 authorize: Vec::new(),
+                authorize_timeout: Duration::from_secs(10),
             },
             pipe: PipeOptions {
                 pipe_mode: None,
@@ -234,9 +235,12 @@ impl<F, E> Builder<F, E> {
     /// each is reused client after client: an instance whose client just
     /// left cannot listen again before the server has seen the EOF, so
     /// without spares a client reconnecting at that moment would find every
-    /// instance busy although a slot is free. A client accepted while `n`
-    /// are served waits, connected, until one ends. On Unix `n` tasks accept
-    /// from the socket; further clients wait in the listen backlog.
+    /// instance busy although a slot is free. On Unix twice as many tasks
+    /// accept from the socket (accept slots); further clients wait in the
+    /// listen backlog. Either way the spares also identify and
+    /// [`authorize`](Builder::authorize) the next clients while `n` are
+    /// served, and a client accepted while `n` are served waits, connected,
+    /// until one ends.
     pub fn instances(mut self, n: usize) -> Self {
         self.pool.instances = n;
         self
@@ -375,11 +379,18 @@ impl<F, E> Builder<F, E> {
         self
     }
 
-    /// Checks every client with `rule` before anything is read from it: a
-    /// refused client is closed at once, counted in
+    /// Checks every client with `rule` before anything of it reaches a
+    /// service, and before it takes one of the [`instances`](Builder::instances)
+    /// served at once: a refused client is closed at once, counted in
     /// [`Stats::refused`](super::Stats::refused) and logged at `debug` with
-    /// the reason. Called more than once, every rule must let a client in.
+    /// the reason. Called more than once, every rule must let a client in,
+    /// all within the [`authorize_timeout`](Builder::authorize_timeout).
     /// Applies to framed serving and to [`Incoming`](super::Incoming) alike.
+    ///
+    /// The rule sees the client as its connection says, never as a process
+    /// id looked up later (see [`ConnectionInfo`](crate::ConnectionInfo));
+    /// on Windows a byte pipe's first bytes (at most 4 KiB) may already be in
+    /// server memory, never in a service.
     ///
     /// The rules for the common cases are in [`authorize`](super::authorize):
     /// the same user as the server, a given user, a group.
@@ -397,6 +408,28 @@ impl<F, E> Builder<F, E> {
     /// ```
     pub fn authorize(mut self, rule: impl Authorize) -> Self {
         self.pool.authorize.push(Arc::new(rule));
+        self
+    }
+
+    /// Sets how long a new client may take to be identified and let in by
+    /// the [`authorize`](Builder::authorize) rules (default: 10 s). A client
+    /// the rules have not let in by then is refused: closed, counted in
+    /// [`Stats::refused`](super::Stats::refused) and
+    /// [`Stats::authorize_timeouts`](super::Stats::authorize_timeouts), and
+    /// logged at `debug`.
+    ///
+    /// Clients are judged before they take a place among the
+    /// [`instances`](Builder::instances) served, on the spare instances
+    /// (Windows) or accept slots (Unix), so a rule that is slow or never
+    /// answers holds no place, and each spare for at most this long.
+    ///
+    /// On Windows the client's identity is its connection's token, which
+    /// Windows may let a server read only once something was read from the
+    /// client: a client is then identified when its first bytes arrive, and
+    /// one that sends nothing within this timeout has no user (refused by
+    /// the rules that need one; without rules it is served as such).
+    pub fn authorize_timeout(mut self, timeout: Duration) -> Self {
+        self.pool.authorize_timeout = timeout;
         self
     }
 }
@@ -501,8 +534,10 @@ where
         if self.framing.message_mode() {
             return Err(Error::needs_message_pipe());
         }
-        let slots = self.pool.instances;
-        info!(listener = %acceptor.describe(), instances = slots, "listening");
+        let instances = self.pool.instances;
+        // Spares, as bound servers have.
+        let slots = 2 * instances;
+        info!(listener = %acceptor.describe(), instances, "listening");
         Ok(self.into_server(AcceptListener::new(acceptor, slots)))
     }
 

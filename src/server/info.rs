@@ -6,7 +6,8 @@ use crate::{sys, User};
 
 /// The connection a service serves: its id, the pipe instance (or accept
 /// slot) it came in on, and who the client is: its process id, the user it
-/// runs as and (Windows) its session, taken once when it connected.
+/// runs as and (Windows) its session, taken once, from the connection,
+/// before any rule or service sees it.
 ///
 /// Handed to a per-connection service factory (see
 /// [`Server::serve_make`](crate::Server::serve_make)), to an
@@ -14,12 +15,15 @@ use crate::{sys, User};
 /// [`Connection`](crate::server::Connection), and put into every request's
 /// extensions by the tonic and hyper integrations.
 ///
-/// The identity comes from the system, not from the client's word: on Unix
-/// the socket's peer credentials (`SO_PEERCRED`), on Windows the client's
-/// process id (`GetNamedPipeClientProcessId`) and that process's token. On
-/// Windows that is a lookup by process id right after the connect, so a
-/// client that exits at that very moment could in theory leave its id to
-/// another process; `impersonate` (Windows) works on the pipe itself.
+/// The identity comes from the system, not from the client's word, and
+/// from the connection itself, never from a process id looked up later: on
+/// Unix the socket's peer credentials (`SO_PEERCRED`, recorded by the kernel
+/// at connect), on Windows the token the pipe acts as
+/// (`ImpersonateNamedPipeClient`, `OpenThreadToken`), which is the
+/// connection's even after the client's process has exited and its id
+/// names another process, and which is right for a client that opened the
+/// pipe while impersonating another account. The process id is
+/// information only. See `docs/security.md` for what is known when.
 #[derive(Clone)]
 pub struct ConnectionInfo {
     id: u64,
@@ -69,36 +73,63 @@ impl ConnectionInfo {
         self.id
     }
 
-    /// The index of the pipe instance (accept slot) serving it: below
-    /// `instances` on Unix, below twice that on Windows (the spare instances;
-    /// see [`Builder::instances`](crate::server::Builder::instances)).
+    /// The index of the pipe instance (accept slot) serving it: below twice
+    /// `instances` (the spares; see
+    /// [`Builder::instances`](crate::server::Builder::instances)).
     pub fn instance(&self) -> usize {
         self.instance
     }
 
     /// The client's process id: `GetNamedPipeClientProcessId` on Windows,
     /// the peer credentials (`SO_PEERCRED`, `LOCAL_PEERPID`) on Unix. `None`
-    /// where the system does not say.
+    /// where the system does not say, and for a remote client.
+    ///
+    /// Information only, for logs: on Windows it is the id the client's
+    /// process had when it connected, and that process may have exited and
+    /// its id gone to another by the time anyone looks. Decide who may do
+    /// what from [`user`](ConnectionInfo::user), which comes from the
+    /// connection.
     pub fn client_pid(&self) -> Option<u32> {
         self.peer.pid
     }
 
-    /// The user the client runs as: its token's user SID on Windows, its uid
-    /// and gid on Unix. `None` where the system does not say (Windows: the
-    /// server may not open the client's process, e.g. an elevated client of
-    /// an unelevated server; a listener of your own).
+    /// The user the client runs as, from the connection: on Windows the
+    /// user SID of the connection's token (the one `impersonate` acts as),
+    /// on Unix the uid and gid of the socket's peer credentials. `None` where
+    /// the system does not say: a client that allowed only anonymous impersonation, a
+    /// remote client, a Windows client that sent nothing to be identified by
+    /// within the [`authorize_timeout`](crate::server::Builder::authorize_timeout)
+    /// where Windows needs its first bytes first, a listener of your own.
     pub fn user(&self) -> Option<User> {
         self.peer.user.clone().map(User)
     }
 
-    /// The client's session (`GetNamedPipeClientSessionId`); `None` on Unix.
+    /// The client's session (`GetNamedPipeClientSessionId`); `None` on Unix
+    /// and for a remote client.
     pub fn session_id(&self) -> Option<u32> {
         self.peer.session
     }
 
-    /// Runs `f` on this thread as the client (`ImpersonateNamedPipeClient`,
-    /// then `RevertToSelf`, also if `f` panics), and returns what it
-    /// returned. Windows only.
+    /// Whether the client is on another machine (Windows, with
+    /// [`reject_remote_clients(false)`](crate::server::Builder::reject_remote_clients)):
+    /// `GetNamedPipeClientComputerNameW` names its computer. Such a client
+    /// has no pid, session or user here: who it is on its machine says
+    /// nothing about who it is on this one, so every rule that needs a user
+    /// refuses it. Always `false` on Unix.
+    pub fn is_remote(&self) -> bool {
+        self.peer.remote
+    }
+
+    /// Runs `f` on this thread as the client (`ImpersonateNamedPipeClient`),
+    /// then gives the thread back the token it had, also if `f` panics, and
+    /// returns what `f` returned. Windows only.
+    ///
+    /// A thread that was already impersonating (through another API, or an
+    /// outer `impersonate` of this or another connection) is left as it was
+    /// found: its token is saved before and set again after
+    /// (`SetThreadToken`), not reverted. If that token cannot be kept (the
+    /// process may not open it), the call is refused before anything
+    /// changes.
     ///
     /// `f` is synchronous on purpose: an impersonation is a property of the
     /// thread, and a future held across an `.await` may resume on another
@@ -113,11 +144,16 @@ impl ConnectionInfo {
     ///
     /// # Errors
     ///
-    /// [`Error::is_io`](crate::Error::is_io) (the source says which): Windows
-    /// allows it only after something was read from the client
-    /// (`ERROR_CANNOT_IMPERSONATE`; so while serving a request, not in
-    /// `serve_make` or an authorize rule), not after the connection ended,
-    /// and not for a listener of your own.
+    /// [`Error::is_io`](crate::Error::is_io) (the source says which): not
+    /// after the connection ended, not for a listener of your own, not when
+    /// the thread's own impersonation cannot be kept, and (where Windows
+    /// requires a read first, `ERROR_CANNOT_IMPERSONATE`) not before
+    /// anything was read from the client: pipeserve reads the client's first
+    /// bytes to identify it in that case, so from the rules on it works.
+    ///
+    /// The connection may end, even be dropped by `f`, while `f` runs: the
+    /// thread holds the client's token from the start, and keeps it until
+    /// `f` returns.
     ///
     /// # Examples
     ///

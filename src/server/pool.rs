@@ -65,6 +65,9 @@ pub(crate) struct Config {
     pub(crate) drain_timeout: Duration,
     /// Who may connect: every rule must let a client in.
     pub(crate) authorize: Vec<Authorizer>,
+    /// How long identifying a client and its rules may take together; a
+    /// client not let in by then is refused.
+    pub(crate) authorize_timeout: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -74,6 +77,7 @@ impl std::fmt::Debug for Config {
             .field("linger", &self.linger)
             .field("drain_timeout", &self.drain_timeout)
             .field("authorize", &self.authorize.len())
+            .field("authorize_timeout", &self.authorize_timeout)
             .finish()
     }
 }
@@ -336,7 +340,7 @@ where
             accepted = slot.accept() => accepted,
         };
         drop(listening);
-        let (io, peer) = match accepted {
+        let (mut io, mut peer) = match accepted {
             Ok(accepted) => {
                 backoff.reset();
                 accepted
@@ -355,8 +359,60 @@ where
                 continue;
             }
         };
-        // A place among those served before serving; without one the client
-        // waits, connected.
+        // Who the client is, from the connection, and whether it may talk to
+        // us: before a byte of it reaches a service, and before it takes a
+        // place among those served, so that no client, however slow to
+        // identify or to judge, holds one. Both within the authorize timeout.
+        let deadline = Instant::now() + shared.config.authorize_timeout;
+        let identified = tokio::select! {
+            biased;
+            _ = shared.shutdown.cancelled() => None,
+            done = tokio::time::timeout_at(deadline, slot.identify(&mut io, &mut peer)) => {
+                Some(done.is_ok())
+            }
+        };
+        let Some(identified) = identified else {
+            let _ = slot.release(io).await;
+            return;
+        };
+        let client_pid = peer.pid;
+        let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, peer);
+        let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid);
+        if !identified {
+            debug!(parent: &span, timeout = ?shared.config.authorize_timeout, "the client was not identified in time; its user is unknown");
+        }
+        if !shared.config.authorize.is_empty() {
+            let checked = tokio::select! {
+                biased;
+                _ = shared.shutdown.cancelled() => None,
+                checked = tokio::time::timeout_at(deadline, shared.authorize(&info)) => Some(checked),
+            };
+            let refused = match checked {
+                None => {
+                    let _ = slot.release(io).await;
+                    return;
+                }
+                Some(Ok(checked)) => checked.err(),
+                Some(Err(_)) => {
+                    shared.counters.authorize_timed_out();
+                    Some(
+                        format!(
+                            "the rules did not decide within the authorize timeout ({:?})",
+                            shared.config.authorize_timeout
+                        )
+                        .into(),
+                    )
+                }
+            };
+            if let Some(why) = refused {
+                shared.counters.refused();
+                debug!(parent: &span, reason = %why, "client refused");
+                release(&mut slot, io, index, &shared).await;
+                continue;
+            }
+        }
+        // A place among those served; without one the client waits,
+        // connected.
         let serving = match shared.serving.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => tokio::select! {
@@ -370,27 +426,6 @@ where
                 }
             },
         };
-        let client_pid = peer.pid;
-        let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, peer);
-        let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid);
-        // Who may talk to us, before a byte of theirs is read.
-        if !shared.config.authorize.is_empty() {
-            let refused = tokio::select! {
-                biased;
-                _ = shared.shutdown.cancelled() => {
-                    let _ = slot.release(io).await;
-                    return;
-                }
-                checked = shared.authorize(&info) => checked,
-            };
-            if let Err(why) = refused {
-                drop(serving);
-                shared.counters.refused();
-                debug!(parent: &span, reason = %why, "client refused");
-                release(&mut slot, io, index, &shared).await;
-                continue;
-            }
-        }
         let active = shared.counters.open();
         trace!(parent: &span, "client connected");
         let done = AssertUnwindSafe(

@@ -33,8 +33,12 @@ pub struct Stats {
     /// Instances replaced after their handle failed, or accept errors.
     pub instance_failures: u64,
     /// Clients refused by an [`authorize`](super::Builder::authorize) rule,
-    /// closed before anything was read (not counted in `connections`).
+    /// or because the rules did not decide in time, closed before anything
+    /// reached a service (not counted in `connections`).
     pub refused: u64,
+    /// Of `refused`, the clients the rules had not let in when the
+    /// [`authorize_timeout`](super::Builder::authorize_timeout) passed.
+    pub authorize_timeouts: u64,
 }
 
 /// What a server did, returned when it shuts down.
@@ -74,6 +78,7 @@ pub(crate) struct Counters {
     io_errors: AtomicU64,
     instance_failures: AtomicU64,
     refused: AtomicU64,
+    authorize_timeouts: AtomicU64,
 }
 
 impl Counters {
@@ -90,6 +95,7 @@ impl Counters {
             io_errors: self.io_errors.load(Relaxed),
             instance_failures: self.instance_failures.load(Relaxed),
             refused: self.refused.load(Relaxed),
+            authorize_timeouts: self.authorize_timeouts.load(Relaxed),
         }
     }
 
@@ -136,9 +142,14 @@ impl Counters {
         self.instance_failures.fetch_add(1, Relaxed);
     }
 
-    /// A client an authorize rule refused.
+    /// A client an authorize rule refused (or that timed out).
     pub(crate) fn refused(&self) {
         self.refused.fetch_add(1, Relaxed);
+    }
+
+    /// A client the rules had not let in by the authorize timeout.
+    pub(crate) fn authorize_timed_out(&self) {
+        self.authorize_timeouts.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn active(&self) -> u64 {

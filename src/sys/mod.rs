@@ -70,12 +70,15 @@ pub(crate) enum Message {
 }
 
 /// What the platform knows about the client of a new connection, taken
-/// once when it connects.
+/// once, from the connection: never looked up again by process id.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Peer {
-    /// The client's process id, where the system says.
+    /// The client's process id, where the system says: information only
+    /// (Windows: the id the client's process had when it connected, which
+    /// may name another process by now; `None` for a remote client).
     pub(crate) pid: Option<u32>,
-    /// Who the client runs as, where the system says.
+    /// Who the client runs as, where the system says: on Unix the socket's
+    /// peer credentials, on Windows the connection's token.
     pub(crate) user: Option<User>,
     /// Windows: the client's session (`GetNamedPipeClientSessionId`).
     pub(crate) session: Option<u32>,
@@ -83,6 +86,9 @@ pub(crate) struct Peer {
     /// on Unix).
     #[cfg_attr(not(windows), allow(dead_code))]
     pub(crate) impersonation: Option<Impersonation>,
+    /// Windows: the client is on another machine (it then has no pid,
+    /// session or user here).
+    pub(crate) remote: bool,
 }
 
 /// One pipe instance (Windows) or accept slot (Unix): where connections come
@@ -91,9 +97,18 @@ pub(crate) trait Slot: Send + 'static {
     /// A connected client.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-    /// Waits for the next client. Cancel safe: a pipe instance stays in its
-    /// slot until a client is in.
+    /// Waits for the next client, and says what is known of it at once.
+    /// Cancel safe: a pipe instance stays in its slot until a client is in.
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, Peer)>> + Send;
+
+    /// Learns who the client is from the connection itself, where that
+    /// takes more than the accept (Windows: the client's token, which may
+    /// wait for its first bytes). Bounded by the caller's deadline; what it
+    /// cannot learn stays `None`.
+    fn identify(&mut self, io: &mut Self::Io, peer: &mut Peer) -> impl Future<Output = ()> + Send {
+        let _ = (io, peer);
+        std::future::ready(())
+    }
 
     /// Takes a finished connection back: disconnects the client, readying
     /// the instance for the next one. The caller has already waited for the

@@ -48,10 +48,12 @@ const MAX_PATH: usize = 107;
 /// kernel objects, so the bound is only a sanity check.
 pub(crate) const MAX_INSTANCES: usize = 1 << 16;
 
-/// The accept slots for `served` connections at once: one each. Clients
-/// beyond them wait in the listen backlog.
+/// The accept slots for `served` connections at once: two each, so that
+/// while `served` are served the spares accept, identify and authorize the
+/// next clients (as Windows' spare instances do). Clients beyond them wait
+/// in the listen backlog.
 pub(crate) fn pipe_instances(served: usize) -> usize {
-    served
+    2 * served
 }
 
 /// Unix sockets are byte streams: message framing is Windows-only.

@@ -3,14 +3,14 @@
 
 use std::{
     io,
-    mem::size_of,
+    mem::{size_of, size_of_val},
     os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle},
     ptr,
     sync::Arc,
 };
 
 use windows_sys::Win32::{
-    Foundation::{LocalFree, ERROR_INSUFFICIENT_BUFFER, HANDLE},
+    Foundation::{LocalFree, ERROR_INSUFFICIENT_BUFFER, ERROR_PIPE_LOCAL, HANDLE},
     Security::{
         Authorization::{ConvertSidToStringSidW, ConvertStringSidToSidW},
         EqualSid, GetTokenInformation, LookupAccountSidW, TokenGroups, TokenUser, PSID,
@@ -18,8 +18,10 @@ use windows_sys::Win32::{
         TOKEN_USER,
     },
     System::{
+        LibraryLoader::{GetModuleHandleW, GetProcAddress},
         Pipes::{
-            GetNamedPipeClientProcessId, GetNamedPipeClientSessionId, GetNamedPipeServerProcessId,
+            GetNamedPipeClientComputerNameW, GetNamedPipeClientProcessId,
+            GetNamedPipeClientSessionId, GetNamedPipeServerProcessId,
         },
         Threading::{
             GetCurrentProcess, OpenProcess, OpenProcessToken, PROCESS_QUERY_LIMITED_INFORMATION,
@@ -27,11 +29,14 @@ use windows_sys::Win32::{
     },
 };
 
-use super::{invalid, io::ClientIo};
+use super::{
+    impersonate::{thread_token, Impersonation},
+    invalid,
+    io::ClientIo,
+};
 
 /// Who a process runs as: its token's user SID, in string form; for a
-/// client, also its token, kept from the connect for group checks (so they
-/// never look the process up again by an id it may have given up).
+/// client, also its connection's token, kept for group checks.
 #[derive(Clone)]
 pub(crate) struct User {
     pub(crate) sid: String,
@@ -74,8 +79,24 @@ pub(crate) fn current_user() -> io::Result<User> {
     token_user(&open_token(process)?)
 }
 
+/// Who the client of a connection is, from the connection itself: the
+/// token the pipe acts as (`ImpersonateNamedPipeClient`, then
+/// `OpenThreadToken`), kept for group checks. Never through the client's
+/// process id, which may name another process by now.
+///
+/// A client that allowed only anonymous impersonation has no token to read
+/// (`ERROR_CANT_OPEN_ANONYMOUS`): an error, as any other failure.
+pub(super) fn connection_user(client: &Impersonation) -> io::Result<User> {
+    let token = client
+        .run(|| thread_token(TOKEN_QUERY))??
+        .ok_or_else(|| io::Error::other("acting as the client left the thread without a token"))?;
+    let mut user = token_user(&token)?;
+    user.token = Some(Arc::new(token));
+    Ok(user)
+}
+
 /// Who process `pid` runs as, with its token kept.
-pub(super) fn process_user(pid: u32) -> io::Result<User> {
+fn process_user(pid: u32) -> io::Result<User> {
     let token = process_token(pid)?;
     let mut user = token_user(&token)?;
     user.token = Some(Arc::new(token));
@@ -269,10 +290,10 @@ fn account_name(sid: PSID) -> Option<String> {
 }
 
 /// A SID parsed from its string form, freed with `LocalFree`.
-struct Sid(PSID);
+pub(super) struct Sid(pub(super) PSID);
 
 impl Sid {
-    fn parse(sid: &str) -> io::Result<Sid> {
+    pub(super) fn parse(sid: &str) -> io::Result<Sid> {
         let wide: Vec<u16> = sid.encode_utf16().chain(Some(0)).collect();
         let mut out: PSID = ptr::null_mut();
         // Safety: `wide` is NUL-terminated and outlives the call; on success
@@ -303,6 +324,26 @@ pub(super) fn client_pid(pipe: HANDLE) -> Option<u32> {
     (ok != 0).then_some(pid)
 }
 
+/// Whether the client connected to `pipe`, an open pipe handle, is on
+/// another machine: `GetNamedPipeClientComputerNameW` names a computer only
+/// for remote clients (`ERROR_PIPE_LOCAL` otherwise). Anything else it says
+/// counts as remote: a pid of a remote client names nothing here.
+///
+/// Wine serves no remote clients, and its `GetNamedPipeClientComputerNameW`
+/// is a stub that raises an exception: under Wine every client is local.
+pub(super) fn client_is_remote(pipe: HANDLE) -> bool {
+    if running_under_wine() {
+        return false;
+    }
+    let mut name = [0u16; 256];
+    // Safety: the caller's pipe is open for the call; `name` is writable for
+    // the size passed, in bytes.
+    let ok = unsafe {
+        GetNamedPipeClientComputerNameW(pipe, name.as_mut_ptr(), size_of_val(&name) as u32)
+    };
+    ok != 0 || io::Error::last_os_error().raw_os_error() != Some(ERROR_PIPE_LOCAL as i32)
+}
+
 /// The session of the client connected to `pipe`, an open pipe handle.
 pub(super) fn client_session(pipe: HANDLE) -> Option<u32> {
     let mut session = 0u32;
@@ -310,4 +351,20 @@ pub(super) fn client_session(pipe: HANDLE) -> Option<u32> {
     // valid place for the result.
     let ok = unsafe { GetNamedPipeClientSessionId(pipe, &mut session) };
     (ok != 0).then_some(session)
+}
+
+/// Whether this process runs under Wine (ntdll exports `wine_get_version`).
+pub(super) fn running_under_wine() -> bool {
+    static WINE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WINE.get_or_init(|| {
+        let ntdll: Vec<u16> = "ntdll.dll\0".encode_utf16().collect();
+        // Safety: both strings are NUL-terminated and outlive the calls;
+        // ntdll is loaded in every Windows process, and the module handle is
+        // only passed to `GetProcAddress`, never freed.
+        unsafe {
+            let module = GetModuleHandleW(ntdll.as_ptr());
+            !module.is_null()
+                && GetProcAddress(module, c"wine_get_version".as_ptr().cast()).is_some()
+        }
+    })
 }

@@ -1,15 +1,27 @@
-//! Acting as a connection's client: `ImpersonateNamedPipeClient`, then
-//! `RevertToSelf`, on the calling thread, while the connection lives.
+//! Acting as a connection's client: `ImpersonateNamedPipeClient` on the
+//! calling thread, then the thread's token as it was before, while the
+//! connection lives.
+//!
+//! A thread's impersonation is one slot: whatever set it last wins, and
+//! `RevertToSelf` empties it. So the token the thread had (another
+//! impersonation, through any API, or pipeserve's own of another client) is
+//! saved before and put back after (`SetThreadToken`), not reverted; a
+//! thread token that cannot be saved is a refusal, before anything changed.
 
 use std::{
     io,
+    os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle},
+    ptr,
     sync::{Arc, PoisonError, RwLock},
 };
 
 use windows_sys::Win32::{
-    Foundation::{ERROR_CANNOT_IMPERSONATE, HANDLE},
-    Security::RevertToSelf,
-    System::Pipes::ImpersonateNamedPipeClient,
+    Foundation::{ERROR_CANNOT_IMPERSONATE, ERROR_NO_TOKEN, HANDLE},
+    Security::{RevertToSelf, TOKEN_IMPERSONATE, TOKEN_QUERY},
+    System::{
+        Pipes::ImpersonateNamedPipeClient,
+        Threading::{GetCurrentThread, OpenThreadToken, SetThreadToken},
+    },
 };
 
 /// Ends an [`Impersonation`] when dropped.
@@ -34,7 +46,8 @@ unsafe impl Send for SharedHandle {}
 unsafe impl Sync for SharedHandle {}
 
 /// Acting as the client of one connection: `ImpersonateNamedPipeClient`,
-/// then `RevertToSelf`, on the calling thread, while the connection lives.
+/// then the thread's own token again, on the calling thread, while the
+/// connection lives.
 #[derive(Clone, Debug)]
 pub(crate) struct Impersonation(Arc<RwLock<Option<SharedHandle>>>);
 
@@ -44,75 +57,114 @@ impl Impersonation {
         Impersonation(Arc::new(RwLock::new(Some(SharedHandle(pipe)))))
     }
 
-    /// Runs `f` on this thread as the client, and reverts, also when `f`
-    /// panics.
+    /// Runs `f` on this thread as the client, then gives the thread back the
+    /// token it had (none, or another impersonation), also when `f` panics.
+    ///
+    /// The lock is held only while the impersonation starts: once the thread
+    /// holds the client's token, the pipe may end (even be dropped by `f`)
+    /// without changing what `f` runs as.
     ///
     /// # Errors
     ///
     /// `NotConnected` once the connection ended; `PermissionDenied` before
-    /// anything was read from the client (`ERROR_CANNOT_IMPERSONATE`: Windows
-    /// allows it only after a read); the OS error otherwise.
+    /// anything was read from the client (`ERROR_CANNOT_IMPERSONATE`: where
+    /// Windows allows it only after a read), or when the thread already
+    /// acts as someone whose token cannot be kept to give back; the OS error
+    /// otherwise.
     pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> io::Result<R> {
-        thread_local! {
-            static ACTING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-        }
-        // Reverting ends every impersonation of the thread: a nested one
-        // would leave the outer closure running as the server.
-        if ACTING.with(|acting| acting.replace(true)) {
-            return Err(io::Error::other(
-                "already acting as a client on this thread: impersonations do not nest",
-            ));
-        }
-        struct Done;
-        impl Drop for Done {
-            fn drop(&mut self) {
-                ACTING.with(|acting| acting.set(false));
+        let restore = Restore::save()?;
+        {
+            let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
+            let Some(pipe) = *guard else {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    "the connection has ended: there is no client to act as",
+                ));
+            };
+            // Safety: the handle is open: it is cleared under the write lock
+            // before the pipe is disconnected or closed, and the read lock is
+            // held for the call.
+            if unsafe { ImpersonateNamedPipeClient(pipe.0) } == 0 {
+                // `restore` puts back whatever the failure left.
+                return Err(impersonate_error(io::Error::last_os_error()));
             }
         }
-        let _done = Done;
-        // Held while acting: the pipe cannot be disconnected (and handed to
-        // another client) meanwhile.
-        let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
-        let Some(pipe) = *guard else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "the connection has ended: there is no client to act as",
-            ));
-        };
-        // Safety: the handle is open: it is cleared under the write lock
-        // before the pipe is disconnected or closed, and the read lock is
-        // held.
-        if unsafe { ImpersonateNamedPipeClient(pipe.0) } == 0 {
-            let e = io::Error::last_os_error();
-            return Err(
-                if e.raw_os_error() == Some(ERROR_CANNOT_IMPERSONATE as i32) {
-                    io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        "cannot act as the client before anything was read from it \
-                     (ERROR_CANNOT_IMPERSONATE): impersonate while serving a request",
-                    )
-                } else {
-                    e
-                },
-            );
-        }
-        let _revert = Revert;
+        let _restore = restore;
         Ok(f())
     }
 
-    /// Ends it for good, waiting for a closure running as the client.
+    /// Ends it for good, waiting for an impersonation that is starting.
     fn end(&self) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
 
-/// Reverts the thread to the process's own identity when dropped.
-struct Revert;
+/// Whether `e` says the client cannot be acted as until it has written.
+pub(super) fn is_too_early(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(ERROR_CANNOT_IMPERSONATE as i32)
+}
 
-impl Drop for Revert {
+fn impersonate_error(e: io::Error) -> io::Error {
+    if is_too_early(&e) {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "cannot act as the client before anything was read from it \
+             (ERROR_CANNOT_IMPERSONATE): impersonate while serving a request",
+        )
+    } else {
+        e
+    }
+}
+
+/// The token of the calling thread, if it is impersonating, opened with the
+/// process's own rights (`OpenAsSelf`: the thread's identity may be one that
+/// may not open its own token, or only identify).
+pub(super) fn thread_token(access: u32) -> io::Result<Option<OwnedHandle>> {
+    let mut token: HANDLE = ptr::null_mut();
+    // Safety: the pseudo handle of the current thread needs no closing;
+    // `token` receives a handle we own on success.
+    if unsafe { OpenThreadToken(GetCurrentThread(), access, 1, &mut token) } == 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(code) if code == ERROR_NO_TOKEN as i32 => Ok(None),
+            _ => Err(e),
+        };
+    }
+    // Safety: `token` was just opened for us.
+    Ok(Some(unsafe {
+        OwnedHandle::from_raw_handle(token as RawHandle)
+    }))
+}
+
+/// Gives the thread back the token it had when saved: `RevertToSelf` if it
+/// had none, that token (`SetThreadToken`) if it was impersonating.
+struct Restore(Option<OwnedHandle>);
+
+impl Restore {
+    fn save() -> io::Result<Restore> {
+        match thread_token(TOKEN_IMPERSONATE | TOKEN_QUERY) {
+            Ok(token) => Ok(Restore(token)),
+            Err(e) => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "this thread already acts as someone whose token cannot be kept to put \
+                     back afterwards, so it will not act as the client: {e}"
+                ),
+            )),
+        }
+    }
+}
+
+impl Drop for Restore {
     fn drop(&mut self) {
-        // Safety: takes nothing; reverts this thread's impersonation.
-        if unsafe { RevertToSelf() } == 0 {
+        let ok = match &self.0 {
+            // Safety: takes nothing; reverts this thread's impersonation.
+            None => unsafe { RevertToSelf() },
+            // Safety: a null thread is the calling thread; the token is open
+            // (owned here) with TOKEN_IMPERSONATE.
+            Some(token) => unsafe { SetThreadToken(ptr::null(), token.as_raw_handle() as HANDLE) },
+        };
+        if ok == 0 {
             // Going on as the client would run the server's code with the
             // client's rights: Microsoft's guidance is to stop.
             std::process::abort();

@@ -9,8 +9,9 @@ use std::{
     task::{ready, Context, Poll},
 };
 
+use bytes::{Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf},
     net::windows::named_pipe::{NamedPipeClient, NamedPipeServer},
 };
 use windows_sys::Win32::Foundation::{ERROR_BROKEN_PIPE, ERROR_NO_DATA, ERROR_PIPE_NOT_CONNECTED};
@@ -32,6 +33,30 @@ pub struct PipeStream {
     /// the instance is then replaced, not reused (see `PipeSlot::release`).
     pub(super) large: bool,
     pub(super) keep_at_most: usize,
+    /// A byte pipe's first bytes, read before the connection was handed
+    /// on (see [`read_first`](PipeStream::read_first)); handed out first.
+    pub(super) first: Bytes,
+}
+
+/// The most read from a byte pipe before the connection is handed on: what
+/// mio's first read in flight takes anyway.
+const FIRST_READ: usize = 4 * 1024;
+
+impl PipeStream {
+    /// Waits until something was read from the client (its first bytes, or
+    /// its end), keeping what was read for the connection's first reads:
+    /// where Windows acts as a pipe's client only after reading from it.
+    pub(super) async fn read_first(&mut self) -> io::Result<()> {
+        if let Pipe::Message(pipe) = &mut self.pipe {
+            // Kept in the message pipe's own buffer, message boundary and all.
+            return std::future::poll_fn(|cx| pipe.poll_first_read(cx)).await;
+        }
+        let mut first = BytesMut::with_capacity(FIRST_READ);
+        // Peer-gone errors read as the end, as on every read.
+        self.pipe.read_buf(&mut first).await?;
+        self.first = first.freeze();
+        Ok(())
+    }
 }
 
 /// The client's end.
@@ -178,6 +203,11 @@ impl AsyncRead for PipeStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.first.is_empty() {
+            let n = self.first.len().min(buf.remaining());
+            buf.put_slice(&self.first.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         // mio sizes its next read from this buffer.
         self.large |= buf.remaining() > self.keep_at_most;
         Pin::new(&mut self.pipe).poll_read(cx, buf)

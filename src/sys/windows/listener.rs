@@ -19,9 +19,11 @@ use windows_sys::Win32::{
     Security::SECURITY_ATTRIBUTES,
 };
 
+use bytes::Bytes;
+
 use super::{
-    identity::{client_pid, client_session, process_user},
-    impersonate::{EndOnDrop, Impersonation},
+    identity::{client_is_remote, client_pid, client_session, connection_user},
+    impersonate::{is_too_early, EndOnDrop, Impersonation},
     invalid,
     io::{Pipe, PipeStream},
     security::{self, SecurityDescriptor},
@@ -189,22 +191,53 @@ impl Slot for PipeSlot {
         }
         let pipe = self.pipe.take().expect("pipe instance present");
         let handle = pipe.as_raw_handle() as HANDLE;
-        let pid = client_pid(handle);
         let impersonation = Impersonation::new(handle);
+        // A remote client's pid and session name nothing on this machine.
+        let remote = !self.instances.opts.reject_remote_clients && client_is_remote(handle);
         let peer = Peer {
-            pid,
-            // The client's token, through its process: taken now, once.
-            user: pid.and_then(|pid| process_user(pid).ok()),
-            session: client_session(handle),
+            pid: (!remote).then(|| client_pid(handle)).flatten(),
+            // From the connection's token, in `identify`.
+            user: None,
+            session: (!remote).then(|| client_session(handle)).flatten(),
             impersonation: Some(impersonation.clone()),
+            remote,
         };
         let io = PipeStream {
             impersonation: EndOnDrop(impersonation),
             pipe,
             large: false,
             keep_at_most: self.instances.opts.keep_at_most,
+            first: Bytes::new(),
         };
         Ok((io, peer))
+    }
+
+    /// The client's user, from the token the connection acts as, never
+    /// from its process id: the process may have exited and its id gone to
+    /// another. Where Windows allows that only after a read
+    /// (`ERROR_CANNOT_IMPERSONATE`), the client's first bytes are read (and
+    /// kept for the connection) first. A remote client is given no user: who
+    /// it is on its own machine says nothing about who it is here.
+    async fn identify(&mut self, io: &mut PipeStream, peer: &mut Peer) {
+        let Some(client) = peer.impersonation.clone() else {
+            return;
+        };
+        if peer.remote {
+            return;
+        }
+        let user = match connection_user(&client) {
+            Err(e) if is_too_early(&e) => match io.read_first().await {
+                Ok(()) => connection_user(&client),
+                Err(e) => Err(e),
+            },
+            user => user,
+        };
+        match user {
+            Ok(user) => peer.user = Some(user),
+            Err(e) => {
+                tracing::debug!(error = %e, "the client's token cannot be read; its user is unknown")
+            }
+        }
     }
 
     async fn release(&mut self, io: Self::Io) -> io::Result<()> {
@@ -276,6 +309,100 @@ impl PipeSlot {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Reading the client's first bytes before acting as it (where Windows
+    //! refuses `ImpersonateNamedPipeClient` until then) loses nothing: Wine
+    //! never refuses, so the tests call that path directly.
+
+    use std::{future::poll_fn, path::PathBuf};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::sys::{HasMessagePipe, Message, Security};
+
+    fn bound(tag: &str, message: bool) -> (PathBuf, PipeSlot) {
+        let path = PathBuf::from(format!(
+            r"\\.\pipe\pipeserve-unit-{tag}-{}",
+            std::process::id()
+        ));
+        let opts = ListenOptions {
+            instances: 1,
+            message_mode: message,
+            message_reads: message,
+            in_buffer_size: 65536,
+            out_buffer_size: 65536,
+            reject_remote_clients: true,
+            first_pipe_instance: true,
+            security: Security::OwnerOnly,
+            strict_dir: false,
+            keep_at_most: 16 * 1024,
+        };
+        let mut bound = bind(&path, &opts).unwrap();
+        (path, bound.take_slots().pop().unwrap())
+    }
+
+    #[tokio::test]
+    async fn bytes_read_to_identify_the_client_come_first_on_its_connection() {
+        let (path, mut slot) = bound("first-bytes", false);
+        let mut client = super::super::connect(&path, false, false).await.unwrap();
+        client.write_all(b"hello").await.unwrap();
+        let (mut io, _) = slot.accept().await.unwrap();
+        io.read_first().await.unwrap();
+        assert_eq!(&io.first[..], b"hello", "read ahead");
+        client.write_all(b", world").await.unwrap();
+        let mut got = vec![0; 12];
+        io.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"hello, world");
+    }
+
+    #[tokio::test]
+    async fn a_message_read_to_identify_the_client_is_still_one_message() {
+        let (path, mut slot) = bound("first-message", true);
+        let mut client = super::super::connect(&path, true, false).await.unwrap();
+        let client_pipe = client.message_pipe().unwrap();
+        for message in ["", "second"] {
+            poll_fn(|cx| client_pipe.poll_write_ready(cx))
+                .await
+                .unwrap();
+            client_pipe.start_write(Bytes::from(message)).unwrap();
+        }
+        poll_fn(|cx| client_pipe.poll_write_ready(cx))
+            .await
+            .unwrap();
+        let (mut io, _) = slot.accept().await.unwrap();
+        io.read_first().await.unwrap();
+        let pipe = io.message_pipe().unwrap();
+        for want in ["", "second"] {
+            match poll_fn(|cx| pipe.poll_read_message(cx, 1024))
+                .await
+                .unwrap()
+            {
+                Message::Frame(got) => assert_eq!(got, want),
+                other => panic!("{other:?} instead of {want:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_client_gone_before_its_first_bytes_reads_as_the_end() {
+        for message in [false, true] {
+            let (path, mut slot) = bound(&format!("first-gone-{message}"), message);
+            let client = super::super::connect(&path, message, false).await.unwrap();
+            drop(client);
+            let (mut io, _) = slot.accept().await.unwrap();
+            io.read_first().await.unwrap();
+            let mut rest = Vec::new();
+            assert_eq!(
+                io.read_to_end(&mut rest).await.unwrap(),
+                0,
+                "message: {message}"
+            );
         }
     }
 }

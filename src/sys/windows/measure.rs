@@ -3,8 +3,8 @@
 
 use std::{
     io,
-    mem::size_of,
-    os::windows::io::{AsRawHandle, BorrowedHandle, FromRawHandle},
+    mem::{size_of, zeroed},
+    os::windows::io::{AsRawHandle, BorrowedHandle, FromRawHandle, OwnedHandle, RawHandle},
     ptr,
 };
 
@@ -16,46 +16,181 @@ use windows_sys::Win32::{
             ConvertSecurityDescriptorToStringSecurityDescriptorW, GetSecurityInfo, SDDL_REVISION_1,
             SE_KERNEL_OBJECT,
         },
-        DACL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, TOKEN_QUERY,
+        CreateRestrictedToken, GetTokenInformation, ImpersonateSelf, RevertToSelf,
+        SecurityIdentification, TokenImpersonationLevel, DACL_SECURITY_INFORMATION,
+        PSECURITY_DESCRIPTOR, SID_AND_ATTRIBUTES, TOKEN_ASSIGN_PRIMARY, TOKEN_DUPLICATE,
+        TOKEN_QUERY,
     },
     System::{
-        LibraryLoader::{GetModuleHandleW, GetProcAddress},
         ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS},
-        Threading::{GetCurrentProcess, GetProcessHandleCount, GetProcessTimes},
+        Threading::{
+            CreateProcessAsUserW, GetCurrentProcess, GetCurrentThreadId, GetProcessHandleCount,
+            GetProcessTimes, OpenProcessToken, TerminateProcess, PROCESS_INFORMATION, STARTUPINFOW,
+        },
     },
 };
 
-use super::{identity::token_user, security::SecurityDescriptor};
+use super::{
+    identity::{token_user, Sid},
+    impersonate::thread_token,
+    security::SecurityDescriptor,
+};
 
 /// The user of this thread's impersonation token, if it has one
 /// (`OpenThreadToken`, as self); `None` when the thread is not
 /// impersonating.
 pub(crate) fn thread_user() -> Option<String> {
-    use windows_sys::Win32::System::Threading::{GetCurrentThread, OpenThreadToken};
-    let mut token: HANDLE = ptr::null_mut();
-    // Safety: the pseudo handle of this thread needs no closing; `token`
-    // receives a handle we own on success.
-    let ok = unsafe { OpenThreadToken(GetCurrentThread(), TOKEN_QUERY, 1, &mut token) };
-    if ok == 0 {
-        return None;
-    }
-    // Safety: `token` was just opened for us.
-    let token = unsafe {
-        std::os::windows::io::OwnedHandle::from_raw_handle(token as std::os::windows::io::RawHandle)
-    };
+    let token = thread_token(TOKEN_QUERY).ok()??;
     token_user(&token).ok().map(|user| user.sid)
 }
 
-/// Whether this process runs under Wine (ntdll exports `wine_get_version`).
-pub(crate) fn running_under_wine() -> bool {
-    let ntdll: Vec<u16> = "ntdll.dll\0".encode_utf16().collect();
-    // Safety: both strings are NUL-terminated and outlive the calls; ntdll is
-    // loaded in every Windows process, and the module handle is only passed
-    // to `GetProcAddress`, never freed.
-    unsafe {
-        let module = GetModuleHandleW(ntdll.as_ptr());
-        !module.is_null() && GetProcAddress(module, c"wine_get_version".as_ptr().cast()).is_some()
+/// The impersonation level of this thread's token (0 anonymous, 1
+/// identification, 2 impersonation, 3 delegation); `None` when the thread is
+/// not impersonating.
+pub(crate) fn thread_impersonation_level() -> Option<i32> {
+    let token = thread_token(TOKEN_QUERY).ok()??;
+    let (mut level, mut len) = (0i32, 0u32);
+    // Safety: `level` is a valid place for a SECURITY_IMPERSONATION_LEVEL
+    // (an i32), its size passed; the token is open for the call.
+    let ok = unsafe {
+        GetTokenInformation(
+            token.as_raw_handle() as HANDLE,
+            TokenImpersonationLevel,
+            (&raw mut level).cast(),
+            size_of::<i32>() as u32,
+            &mut len,
+        )
+    };
+    (ok != 0).then_some(level)
+}
+
+/// The system's id of the calling thread (`GetCurrentThreadId`).
+pub(crate) fn os_thread_id() -> u32 {
+    // Safety: plain call.
+    unsafe { GetCurrentThreadId() }
+}
+
+/// Makes this thread act as its own process at identification level
+/// (`ImpersonateSelf`), as code using another impersonation API would.
+pub(crate) fn impersonate_self() -> io::Result<()> {
+    // Safety: plain call on the current thread.
+    if unsafe { ImpersonateSelf(SecurityIdentification) } == 0 {
+        return Err(io::Error::last_os_error());
     }
+    Ok(())
+}
+
+/// Ends this thread's impersonation (`RevertToSelf`).
+pub(crate) fn revert_to_self() {
+    // Safety: plain call on the current thread.
+    unsafe { RevertToSelf() };
+}
+
+/// A process started with a token of this process's in which one group is
+/// for deny only: the same user, with less.
+#[derive(Debug)]
+pub(crate) struct Restricted {
+    pub(crate) pid: u32,
+    process: OwnedHandle,
+}
+
+impl Drop for Restricted {
+    fn drop(&mut self) {
+        // Safety: the handle is ours and open.
+        unsafe { TerminateProcess(self.process.as_raw_handle() as HANDLE, 1) };
+    }
+}
+
+/// Starts `command_line` (its program first, quoted as Windows wants)
+/// with this process's token, `group` (a SID string) made deny-only
+/// (`CreateRestrictedToken`, `CreateProcessAsUserW`); the environment is
+/// this process's.
+pub(crate) fn spawn_without_group(command_line: &str, group: &str) -> io::Result<Restricted> {
+    let group = Sid::parse(group)?;
+    let mut own: HANDLE = ptr::null_mut();
+    // Safety: the pseudo handle of this process needs no closing; `own`
+    // receives a handle we own on success.
+    if unsafe {
+        OpenProcessToken(
+            GetCurrentProcess(),
+            TOKEN_QUERY | TOKEN_DUPLICATE | TOKEN_ASSIGN_PRIMARY,
+            &mut own,
+        )
+    } == 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: just opened for us.
+    let own = unsafe { OwnedHandle::from_raw_handle(own as RawHandle) };
+    let disable = SID_AND_ATTRIBUTES {
+        Sid: group.0,
+        Attributes: 0,
+    };
+    let mut restricted: HANDLE = ptr::null_mut();
+    // Safety: `own` is open with TOKEN_DUPLICATE; one SID to disable, valid
+    // for the call (owned by `group`); no privileges or restricting SIDs.
+    if unsafe {
+        CreateRestrictedToken(
+            own.as_raw_handle() as HANDLE,
+            0,
+            1,
+            &disable,
+            0,
+            ptr::null(),
+            0,
+            ptr::null(),
+            &mut restricted,
+        )
+    } == 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: just made for us.
+    let restricted = unsafe { OwnedHandle::from_raw_handle(restricted as RawHandle) };
+    let mut command_line: Vec<u16> = command_line.encode_utf16().chain(Some(0)).collect();
+    // Safety: zeroed STARTUPINFOW with its size set is the default; the
+    // PROCESS_INFORMATION is written by the call.
+    let (startup, mut info) = unsafe {
+        let mut startup: STARTUPINFOW = zeroed();
+        startup.cb = size_of::<STARTUPINFOW>() as u32;
+        (startup, zeroed::<PROCESS_INFORMATION>())
+    };
+    // Safety: the token is open for the call; the command line is a
+    // writable, NUL-terminated buffer that outlives it; null environment and
+    // directory are this process's.
+    if unsafe {
+        CreateProcessAsUserW(
+            restricted.as_raw_handle() as HANDLE,
+            ptr::null(),
+            command_line.as_mut_ptr(),
+            ptr::null(),
+            ptr::null(),
+            0,
+            0,
+            ptr::null(),
+            ptr::null(),
+            &startup,
+            &mut info,
+        )
+    } == 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    // Safety: both handles were just opened for us; the thread's is not
+    // needed.
+    let process = unsafe {
+        drop(OwnedHandle::from_raw_handle(info.hThread as RawHandle));
+        OwnedHandle::from_raw_handle(info.hProcess as RawHandle)
+    };
+    Ok(Restricted {
+        pid: info.dwProcessId,
+        process,
+    })
+}
+
+/// Whether this process runs under Wine.
+pub(crate) fn running_under_wine() -> bool {
+    super::identity::running_under_wine()
 }
 
 /// The number of handles this process has open.

@@ -423,6 +423,9 @@ pub(crate) struct MessagePipe {
     partial: bool,
     /// Throwing away an over-limit message: its bytes so far.
     discarding: Option<u64>,
+    /// `buf` holds a whole message (maybe empty) read ahead by
+    /// [`poll_first_read`](MessagePipe::poll_first_read).
+    whole: bool,
     /// The read direction's operation is a `ConnectNamedPipe`.
     connecting: bool,
     /// The size of the next message's first read: the last message's, in
@@ -461,6 +464,7 @@ impl MessagePipe {
             buf: BytesMut::new(),
             partial: false,
             discarding: None,
+            whole: false,
             connecting: false,
             first_read: FIRST_READ,
             writing: None,
@@ -603,6 +607,7 @@ impl MessagePipe {
         self.write.finish(&self.handle).await;
         self.connecting = false;
         self.partial = false;
+        self.whole = false;
         self.discarding = None;
         self.first_read = FIRST_READ;
         self.writing = None;
@@ -690,6 +695,46 @@ impl MessagePipe {
         (ok != 0 && left > 0).then_some(left as usize)
     }
 
+    /// The message just read whole (or thrown away), of at most `max` bytes.
+    fn take_message(&mut self, max: usize) -> Message {
+        let len = self.discarding.unwrap_or(self.buf.len() as u64) as usize;
+        self.first_read = len.clamp(FIRST_READ, MAX_FIRST_READ);
+        match self.discarding.take() {
+            Some(len) => Message::TooLarge(len),
+            None if self.buf.len() > max => {
+                let len = self.buf.len() as u64;
+                self.buf.clear();
+                Message::TooLarge(len)
+            }
+            None => Message::Frame(self.buf.split().freeze()),
+        }
+    }
+
+    /// Waits until the connection's first read is done, and keeps what it
+    /// read for the reads after: a whole message (maybe empty), the start of
+    /// one, or the client's end. For acting as the client, which Windows
+    /// may allow only once something was read.
+    pub(super) fn poll_first_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            if self.read.in_flight {
+                match ready!(self.poll_read_done(cx))? {
+                    ReadDone::Read => {
+                        self.whole = !self.partial;
+                        return Poll::Ready(Ok(()));
+                    }
+                    ReadDone::Gone => return Poll::Ready(Ok(())),
+                    ReadDone::Again => {}
+                }
+            }
+            if self.whole || self.partial || !self.buf.is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            if !self.start_read(self.first_read)? {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
     /// Reads one whole message of at most `max` bytes.
     pub(crate) fn poll_read_message(
         &mut self,
@@ -697,21 +742,14 @@ impl MessagePipe {
         max: usize,
     ) -> Poll<io::Result<Message>> {
         loop {
+            if std::mem::take(&mut self.whole) {
+                return Poll::Ready(Ok(self.take_message(max)));
+            }
             if self.read.in_flight {
                 match ready!(self.poll_read_done(cx))? {
                     ReadDone::Gone => return Poll::Ready(self.gone()),
                     ReadDone::Read if !self.partial => {
-                        let len = self.discarding.unwrap_or(self.buf.len() as u64) as usize;
-                        self.first_read = len.clamp(FIRST_READ, MAX_FIRST_READ);
-                        return Poll::Ready(Ok(match self.discarding.take() {
-                            Some(len) => Message::TooLarge(len),
-                            None if self.buf.len() > max => {
-                                let len = self.buf.len() as u64;
-                                self.buf.clear();
-                                Message::TooLarge(len)
-                            }
-                            None => Message::Frame(self.buf.split().freeze()),
-                        }));
+                        return Poll::Ready(Ok(self.take_message(max)));
                     }
                     // The message goes on, or nothing was read (the same
                     // read again).
@@ -836,6 +874,8 @@ impl AsyncRead for MessagePipe {
         if out.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        // Bytes, not messages: a message read ahead is just its bytes.
+        this.whole = false;
         // Empty messages are skipped: a flood of them must not hold the
         // task (nor the timeout around it) here.
         for _ in 0..32 {

@@ -15,11 +15,11 @@
 //! |---|---|
 //! | `name.rs` | pipe paths: `\\.\pipe\NAME`, checked |
 //! | `security.rs` | the pipe's security descriptor, from SDDL |
-//! | `listener.rs` | creating the instances (`bind`), the slots that reuse or replace them |
+//! | `listener.rs` | creating the instances (`bind`), the slots that reuse or replace them, identifying each client |
 //! | `io.rs` | the connected ends' I/O: server ([`PipeStream`]) and client ([`ClientIo`]) |
 //! | `message.rs` | message pipes on pipeserve's own overlapped I/O, and their safety argument |
-//! | `impersonate.rs` | acting as a connection's client |
-//! | `identity.rs` | users, tokens and SIDs; who is on the other end of a pipe |
+//! | `impersonate.rs` | acting as a connection's client, and giving the thread its token back |
+//! | `identity.rs` | users, tokens and SIDs; who is on the other end of a pipe (the connection's token) |
 //! | `connect.rs` | the client's connection attempt |
 //! | `measure.rs` | process measurements for tests (the `test-util` feature) |
 //!
