@@ -89,10 +89,10 @@ async fn dropped_connections_lose_no_reply_and_their_instances_serve_again_witho
         let mut ids: Vec<u64> = seen.iter().map(|s| s.0).collect();
         ids.sort_unstable();
         assert_eq!(ids, (1..=40).collect::<Vec<_>>(), "ids count up from 1");
-        // 40 clients on 2 instances (4 pipe instances or accept slots, with
-        // the spares): reused.
+        // 40 clients on 2 instances (4 pipe instances on Windows): reused.
+        let spares = if cfg!(windows) { 2 } else { 1 };
         assert!(
-            seen.iter().all(|s| s.1 < instances * 2),
+            seen.iter().all(|s| s.1 < instances * spares),
             "instances {:?}",
             seen.iter().map(|s| s.1).collect::<Vec<_>>()
         );

@@ -196,8 +196,7 @@ async fn emfile_child() {
         return; // only runs as the child of the test below
     }
     let name = unique_name("emfile");
-    // One instance: two accept slots, with the spare.
-    let server = Server::builder().instances(1).bind(&name).unwrap();
+    let server = Server::builder().instances(2).bind(&name).unwrap();
     let handle = server.handle();
     let serving = tokio::spawn(server.serve(tower::service_fn(|req: Bytes| async move {
         Ok::<_, std::convert::Infallible>(req)

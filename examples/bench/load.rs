@@ -244,6 +244,49 @@ pub async fn connect_all(address: &str, clients: usize) -> (u64, u64, u64) {
     total
 }
 
+/// `clients` clients, each looping connect -> one 64-byte round trip ->
+/// close until `duration` has passed: what a server pays per connection
+/// (accept, identify, authorize, close). Returns (connections, errors).
+pub async fn churn(address: &str, clients: usize, duration: Duration) -> (u64, u64) {
+    let frame: Arc<[u8]> = {
+        let mut f = 64u32.to_be_bytes().to_vec();
+        f.extend_from_slice(&[7; 64]);
+        f.into()
+    };
+    let deadline = Instant::now() + duration;
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (address, frame) = (address.to_owned(), frame.clone());
+            tokio::spawn(async move {
+                let (mut done, mut errors) = (0, 0);
+                let mut reply = vec![0u8; frame.len()];
+                while Instant::now() < deadline {
+                    let ok = match connect(&address).await {
+                        Ok((mut s, _)) => {
+                            s.write_all(&frame).await.is_ok()
+                                && s.read_exact(&mut reply).await.is_ok()
+                                && reply[..] == frame[..]
+                        }
+                        Err(_) => false,
+                    };
+                    if ok {
+                        done += 1;
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (done, errors)
+            })
+        })
+        .collect();
+    let mut total = (0, 0);
+    for task in tasks {
+        let (done, errors) = task.await.unwrap_or((0, 1));
+        total = (total.0 + done, total.1 + errors);
+    }
+    total
+}
+
 /// Opens `clients` connections, one round trip each, and returns them open.
 pub async fn idle(
     address: &str,

@@ -10,6 +10,7 @@
 //! cargo run --release --example bench --target x86_64-pc-windows-gnu -- --framings   # message vs length framing
 //! bench --serve floor|raw|pipeserve --name NAME --instances N --depth D      # one server, by hand
 //! bench --drive ADDRESS CLIENTS PAYLOAD DEPTH MS                             # load it
+//! bench --churn ADDRESS CLIENTS MS                                           # connect, 1 round trip, close, looped
 //! ```
 //!
 //! Each server runs in its own child process, so its CPU time and memory
@@ -182,6 +183,19 @@ fn main() {
             run.replies as f64 / run.elapsed.as_secs_f64(),
             run.replies,
             run.errors
+        );
+        return;
+    }
+    if args.get(1).map(String::as_str) == Some("--churn") {
+        // Connection cost of one server started by hand: --churn ADDRESS
+        // CLIENTS MS (connect, one round trip, close, in a loop).
+        let n = |i: usize| args[i].parse::<u64>().unwrap();
+        let duration = Duration::from_millis(n(4));
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (done, errors) = rt.block_on(load::churn(&args[2], n(3) as usize, duration));
+        println!(
+            "{:.0} connections/s, {done} connections, {errors} errors",
+            done as f64 / duration.as_secs_f64()
         );
         return;
     }

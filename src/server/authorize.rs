@@ -5,8 +5,8 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 use super::ConnectionInfo;
 use crate::{error::BoxError, User};
 
-/// A rule that decides, from a client's [`ConnectionInfo`] (its pid, user,
-/// session), whether the server talks to it: see
+/// A rule that decides, from a client's [`ConnectionInfo`] (its user, session,
+/// pid), whether the server talks to it: see
 /// [`Builder::authorize`](super::Builder::authorize).
 ///
 /// A refused client is closed before anything of it reaches a service (and
@@ -27,13 +27,13 @@ use crate::{error::BoxError, User};
 /// // Only processes of the user running the server.
 /// let server = Server::builder().authorize(authorize::same_user()).bind("myapp")?;
 ///
-/// // Any check of your own, possibly async.
+/// // Any check of your own, possibly async: decide by the user, which
+/// // comes from the connection, never by the pid, which is information only.
+/// let allowed = vec![pipeserve::User::current()?];
 /// let server = Server::builder()
-///     .authorize(|info: ConnectionInfo| async move {
-///         match info.client_pid() {
-///             Some(pid) if pid != 0 => Ok(()),
-///             _ => Err("no client process id"),
-///         }
+///     .authorize(move |info: ConnectionInfo| {
+///         let ok = info.user().is_some_and(|user| allowed.contains(&user));
+///         async move { if ok { Ok(()) } else { Err("not on the list") } }
 ///     })
 ///     .bind("other")?;
 /// # Ok(()) }

@@ -235,12 +235,12 @@ impl<F, E> Builder<F, E> {
     /// each is reused client after client: an instance whose client just
     /// left cannot listen again before the server has seen the EOF, so
     /// without spares a client reconnecting at that moment would find every
-    /// instance busy although a slot is free. On Unix twice as many tasks
-    /// accept from the socket (accept slots); further clients wait in the
-    /// listen backlog. Either way the spares also identify and
-    /// [`authorize`](Builder::authorize) the next clients while `n` are
-    /// served, and a client accepted while `n` are served waits, connected,
-    /// until one ends.
+    /// instance busy although a slot is free. On Unix `n` tasks accept from
+    /// the socket (accept slots), twice as many with
+    /// [`authorize`](Builder::authorize) rules; further clients wait in the
+    /// listen backlog. The spares also judge the next clients by the rules
+    /// while `n` are served, and a client accepted while `n` are served
+    /// waits, connected, until one ends.
     pub fn instances(mut self, n: usize) -> Self {
         self.pool.instances = n;
         self
@@ -505,7 +505,7 @@ where
         let pipe = &self.pipe;
         let instances = self.pool.instances;
         let options = sys::ListenOptions {
-            instances: sys::pipe_instances(instances),
+            instances: sys::pipe_instances(instances, !self.pool.authorize.is_empty()),
             message_mode,
             message_reads: needs_message,
             in_buffer_size: pipe.in_buffer_size,
@@ -535,8 +535,12 @@ where
             return Err(Error::needs_message_pipe());
         }
         let instances = self.pool.instances;
-        // Spares, as bound servers have.
-        let slots = 2 * instances;
+        // Spares to judge clients in, as bound servers have.
+        let slots = if self.pool.authorize.is_empty() {
+            instances
+        } else {
+            2 * instances
+        };
         info!(listener = %acceptor.describe(), instances, "listening");
         Ok(self.into_server(AcceptListener::new(acceptor, slots)))
     }

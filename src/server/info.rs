@@ -74,7 +74,8 @@ impl ConnectionInfo {
     }
 
     /// The index of the pipe instance (accept slot) serving it: below twice
-    /// `instances` (the spares; see
+    /// `instances` on Windows and, with authorize rules, on Unix (the
+    /// spares), below `instances` otherwise (see
     /// [`Builder::instances`](crate::server::Builder::instances)).
     pub fn instance(&self) -> usize {
         self.instance

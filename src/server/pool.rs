@@ -364,44 +364,39 @@ where
         // place among those served, so that no client, however slow to
         // identify or to judge, holds one. Both within the authorize timeout.
         let deadline = Instant::now() + shared.config.authorize_timeout;
-        let identified = tokio::select! {
-            biased;
-            _ = shared.shutdown.cancelled() => None,
-            done = tokio::time::timeout_at(deadline, slot.identify(&mut io, &mut peer)) => {
-                Some(done.is_ok())
-            }
-        };
-        let Some(identified) = identified else {
+        let identified = until(&shared, deadline, slot.identify(&mut io, &mut peer)).await;
+        let Some(identified) = identified.map(|done| done.is_some()) else {
             let _ = slot.release(io).await;
             return;
         };
         let client_pid = peer.pid;
         let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, peer);
         let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid);
-        if !identified {
-            debug!(parent: &span, timeout = ?shared.config.authorize_timeout, "the client was not identified in time; its user is unknown");
+        let rules = !shared.config.authorize.is_empty();
+        if !identified && !rules {
+            debug!(parent: &span, timeout = ?shared.config.authorize_timeout, "the client was not identified in time; served with its user unknown");
         }
-        if !shared.config.authorize.is_empty() {
-            let checked = tokio::select! {
-                biased;
-                _ = shared.shutdown.cancelled() => None,
-                checked = tokio::time::timeout_at(deadline, shared.authorize(&info)) => Some(checked),
+        if rules {
+            // `Some(None)`: the deadline passed first.
+            let checked = match identified {
+                false => Some(None),
+                true => until(&shared, deadline, shared.authorize(&info)).await,
             };
             let refused = match checked {
                 None => {
                     let _ = slot.release(io).await;
                     return;
                 }
-                Some(Ok(checked)) => checked.err(),
-                Some(Err(_)) => {
+                Some(Some(checked)) => checked.err(),
+                Some(None) => {
                     shared.counters.authorize_timed_out();
-                    Some(
-                        format!(
-                            "the rules did not decide within the authorize timeout ({:?})",
-                            shared.config.authorize_timeout
-                        )
-                        .into(),
-                    )
+                    let stage = if identified {
+                        "the rules did not decide"
+                    } else {
+                        "the client was not identified"
+                    };
+                    let timeout = shared.config.authorize_timeout;
+                    Some(format!("{stage} within the authorize timeout ({timeout:?})").into())
                 }
             };
             if let Some(why) = refused {
@@ -459,6 +454,23 @@ where
         }
         drop(active);
         release(&mut slot, io, index, &shared).await;
+    }
+}
+
+/// Runs `fut` until `deadline` unless the server shuts down first: `None`
+/// on shutdown, `Some(None)` when the deadline passed. A future ready at
+/// once (a Unix client's identity, a token rule) costs no timer and no wait
+/// on the shared shutdown signal.
+async fn until<F: Future>(shared: &Shared, deadline: Instant, fut: F) -> Option<Option<F::Output>> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    if let Poll::Ready(out) = first {
+        return Some(Some(out));
+    }
+    tokio::select! {
+        biased;
+        _ = shared.shutdown.cancelled() => None,
+        out = tokio::time::timeout_at(deadline, fut) => Some(out.ok()),
     }
 }
 

@@ -48,12 +48,19 @@ const MAX_PATH: usize = 107;
 /// kernel objects, so the bound is only a sanity check.
 pub(crate) const MAX_INSTANCES: usize = 1 << 16;
 
-/// The accept slots for `served` connections at once: two each, so that
-/// while `served` are served the spares accept, identify and authorize the
-/// next clients (as Windows' spare instances do). Clients beyond them wait
-/// in the listen backlog.
-pub(crate) fn pipe_instances(served: usize) -> usize {
-    2 * served
+/// The accept slots for `served` connections at once: one each, and with
+/// authorize rules (`judged`) one more each, so that while `served` are
+/// served the spares accept and judge the next clients (as Windows' spare
+/// instances do). Without rules a client is let in as soon as it is
+/// accepted (its peer credentials come with it), and spares would only
+/// add a hand-off per connection. Clients beyond the slots wait in the
+/// listen backlog.
+pub(crate) fn pipe_instances(served: usize, judged: bool) -> usize {
+    if judged {
+        2 * served
+    } else {
+        served
+    }
 }
 
 /// Unix sockets are byte streams: message framing is Windows-only.
