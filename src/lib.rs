@@ -53,11 +53,13 @@
 //! # Who is on the other end
 //!
 //! Each connection's [`ConnectionInfo`] says who the client is, from the
-//! system rather than the client's word: its pid, its [`User`] (the token's
-//! SID on Windows, uid and gid on Unix) and, on Windows, its session.
+//! system and the connection itself rather than the client's word or a pid
+//! looked up later: its [`User`] (the connection token's SID on Windows,
+//! the peer credentials' uid and gid on Unix), its pid (information only)
+//! and, on Windows, its session.
 //! [`authorize`](server::Builder::authorize) refuses clients before a byte of
-//! theirs is read, and on Windows `ConnectionInfo::impersonate` runs a
-//! closure as the client. Clients check who runs the server before they
+//! theirs reaches a service or they take a place among those served, and on
+//! Windows `ConnectionInfo::impersonate` runs a closure as the client. Clients check who runs the server before they
 //! write ([`server_identity`](client::Builder::server_identity), their own
 //! user by default), so a process of another user that took the name first
 //! gets nothing. `docs/security.md` has the threat model.

@@ -317,6 +317,11 @@ async fn a_rule_that_never_answers_holds_no_place_and_its_client_is_refused_at_t
         // serves the second.
         let served = Client::connect(&server.name).await.unwrap();
         assert_eq!(served.call(Bytes::from("hi")).await.unwrap(), "hi");
+        assert_eq!(
+            server.handle.stats().refused,
+            0,
+            "the second was served only once the first was refused"
+        );
         drop(served);
 
         // The first is refused at the deadline: closed, nothing answered.

@@ -1,4 +1,4 @@
-//! Who may connect: a check of each client, before its first byte is read.
+//! Who may connect: a check of each client, before it is served.
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 

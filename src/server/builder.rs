@@ -425,9 +425,10 @@ impl<F, E> Builder<F, E> {
     ///
     /// On Windows the client's identity is its connection's token, which
     /// Windows may let a server read only once something was read from the
-    /// client: a client is then identified when its first bytes arrive, and
-    /// one that sends nothing within this timeout has no user (refused by
-    /// the rules that need one; without rules it is served as such).
+    /// client (a client that opened the pipe with dynamic context
+    /// tracking): with rules, such a client is identified when its first
+    /// bytes arrive, and refused if none arrive within this timeout; without
+    /// rules it is not waited for, and its user is unknown.
     pub fn authorize_timeout(mut self, timeout: Duration) -> Self {
         self.pool.authorize_timeout = timeout;
         self

@@ -97,10 +97,11 @@ impl ConnectionInfo {
     /// The user the client runs as, from the connection: on Windows the
     /// user SID of the connection's token (the one `impersonate` acts as),
     /// on Unix the uid and gid of the socket's peer credentials. `None` where
-    /// the system does not say: a client that allowed only anonymous impersonation, a
-    /// remote client, a Windows client that sent nothing to be identified by
-    /// within the [`authorize_timeout`](crate::server::Builder::authorize_timeout)
-    /// where Windows needs its first bytes first, a listener of your own.
+    /// the system does not say: a client that allowed only anonymous
+    /// impersonation, a remote client, a listener of your own, a Windows
+    /// client that Windows cannot act as before it writes (dynamic context
+    /// tracking) when there are no rules to wait for it by (see
+    /// [`authorize_timeout`](crate::server::Builder::authorize_timeout)).
     pub fn user(&self) -> Option<User> {
         self.peer.user.clone().map(User)
     }
@@ -148,9 +149,11 @@ impl ConnectionInfo {
     /// [`Error::is_io`](crate::Error::is_io) (the source says which): not
     /// after the connection ended, not for a listener of your own, not when
     /// the thread's own impersonation cannot be kept, and (where Windows
-    /// requires a read first, `ERROR_CANNOT_IMPERSONATE`) not before
-    /// anything was read from the client: pipeserve reads the client's first
-    /// bytes to identify it in that case, so from the rules on it works.
+    /// has no client context yet, `ERROR_CANNOT_IMPERSONATE`: a client with
+    /// dynamic context tracking) not before anything was read from the
+    /// client: with rules, pipeserve reads such a client's first bytes to
+    /// identify it, so from the rules on it works; while serving a request
+    /// it always does.
     ///
     /// The connection may end, even be dropped by `f`, while `f` runs: the
     /// thread holds the client's token from the start, and keeps it until

@@ -123,10 +123,10 @@ pub(crate) struct Shared {
     drain_deadline: OnceLock<Instant>,
     counters: Counters,
     next_id: AtomicU64,
-    /// One permit per connection served at once (`instances`). On Windows
-    /// there are more pipe instances than that (the spares): a client
-    /// accepted while every permit is taken waits, connected, as in a
-    /// socket's listen backlog.
+    /// One permit per connection served at once (`instances`). There are
+    /// more pipe instances (Windows) or, with rules, accept slots (Unix)
+    /// than that, the spares: a client accepted while every permit is taken
+    /// waits, connected, as in a socket's listen backlog.
     serving: Arc<Semaphore>,
 }
 
@@ -363,8 +363,9 @@ where
         // us: before a byte of it reaches a service, and before it takes a
         // place among those served, so that no client, however slow to
         // identify or to judge, holds one. Both within the authorize timeout.
-        let deadline = Instant::now() + shared.config.authorize_timeout;
-        let identified = until(&shared, deadline, slot.identify(&mut io, &mut peer)).await;
+        let rules = !shared.config.authorize.is_empty();
+        let deadline = deadline_after(shared.config.authorize_timeout);
+        let identified = until(&shared, deadline, slot.identify(&mut io, &mut peer, rules)).await;
         let Some(identified) = identified.map(|done| done.is_some()) else {
             let _ = slot.release(io).await;
             return;
@@ -372,10 +373,6 @@ where
         let client_pid = peer.pid;
         let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, peer);
         let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid);
-        let rules = !shared.config.authorize.is_empty();
-        if !identified && !rules {
-            debug!(parent: &span, timeout = ?shared.config.authorize_timeout, "the client was not identified in time; served with its user unknown");
-        }
         if rules {
             // `Some(None)`: the deadline passed first.
             let checked = match identified {
@@ -455,6 +452,14 @@ where
         drop(active);
         release(&mut slot, io, index, &shared).await;
     }
+}
+
+/// Now plus `timeout`, or (for a timeout too large to add) a deadline that
+/// never comes.
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// Runs `fut` until `deadline` unless the server shuts down first: `None`

@@ -102,11 +102,16 @@ pub(crate) trait Slot: Send + 'static {
     fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Io, Peer)>> + Send;
 
     /// Learns who the client is from the connection itself, where that
-    /// takes more than the accept (Windows: the client's token, which may
-    /// wait for its first bytes). Bounded by the caller's deadline; what it
-    /// cannot learn stays `None`.
-    fn identify(&mut self, io: &mut Self::Io, peer: &mut Peer) -> impl Future<Output = ()> + Send {
-        let _ = (io, peer);
+    /// takes more than the accept (Windows: the client's token, which, for a
+    /// client to be `judged` by rules, may wait for its first bytes).
+    /// Bounded by the caller's deadline; what it cannot learn stays `None`.
+    fn identify(
+        &mut self,
+        io: &mut Self::Io,
+        peer: &mut Peer,
+        judged: bool,
+    ) -> impl Future<Output = ()> + Send {
+        let _ = (io, peer, judged);
         std::future::ready(())
     }
 

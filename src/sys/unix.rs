@@ -332,8 +332,9 @@ fn private_dir_named(parent: &Path, mut name: impl FnMut() -> String) -> io::Res
 }
 
 /// A name for a staging directory that another user cannot know in
-/// advance (and so cannot take first): 64 bits of SipHash under the keys
-/// std draws from the system's random source for each `RandomState`.
+/// advance (and so cannot take first): 64 bits of SipHash under a
+/// `RandomState`'s secret keys (drawn from the system's random source once
+/// per thread, then stepped for each new one), over a counter.
 fn unpredictable_name() -> String {
     use std::hash::{BuildHasher, Hasher};
 

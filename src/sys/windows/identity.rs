@@ -115,7 +115,7 @@ pub(crate) fn server_user(pipe: &ClientIo) -> io::Result<User> {
     process_user(pid)
 }
 
-/// Whether `user`'s token (kept from the connect) holds the group `group`
+/// Whether `user`'s token (the connection's, kept) holds the group `group`
 /// (a SID string), enabled: a deny-only group (Administrators in an
 /// unelevated admin's token) or a disabled one does not count.
 pub(crate) fn in_group(user: &User, group: &str) -> io::Result<bool> {
@@ -290,9 +290,14 @@ fn account_name(sid: PSID) -> Option<String> {
 }
 
 /// A SID parsed from its string form, freed with `LocalFree`.
-pub(super) struct Sid(pub(super) PSID);
+pub(super) struct Sid(PSID);
 
 impl Sid {
+    /// The SID, valid while `self` lives.
+    pub(super) fn as_psid(&self) -> PSID {
+        self.0
+    }
+
     pub(super) fn parse(sid: &str) -> io::Result<Sid> {
         let wide: Vec<u16> = sid.encode_utf16().chain(Some(0)).collect();
         let mut out: PSID = ptr::null_mut();

@@ -16,7 +16,7 @@ use std::{
 };
 
 use windows_sys::Win32::{
-    Foundation::{ERROR_CANNOT_IMPERSONATE, ERROR_NO_TOKEN, HANDLE},
+    Foundation::{ERROR_ACCESS_DENIED, ERROR_CANNOT_IMPERSONATE, ERROR_NO_TOKEN, HANDLE},
     Security::{RevertToSelf, TOKEN_IMPERSONATE, TOKEN_QUERY},
     System::{
         Pipes::ImpersonateNamedPipeClient,
@@ -72,8 +72,7 @@ impl Impersonation {
     /// acts as someone whose token cannot be kept to give back; the OS error
     /// otherwise.
     pub(crate) fn run<R>(&self, f: impl FnOnce() -> R) -> io::Result<R> {
-        let restore = Restore::save()?;
-        {
+        let restore = {
             let guard = self.0.read().unwrap_or_else(PoisonError::into_inner);
             let Some(pipe) = *guard else {
                 return Err(io::Error::new(
@@ -81,6 +80,7 @@ impl Impersonation {
                     "the connection has ended: there is no client to act as",
                 ));
             };
+            let restore = Restore::save()?;
             // Safety: the handle is open: it is cleared under the write lock
             // before the pipe is disconnected or closed, and the read lock is
             // held for the call.
@@ -88,7 +88,8 @@ impl Impersonation {
                 // `restore` puts back whatever the failure left.
                 return Err(impersonate_error(io::Error::last_os_error()));
             }
-        }
+            restore
+        };
         let _restore = restore;
         Ok(f())
     }
@@ -99,18 +100,40 @@ impl Impersonation {
     }
 }
 
-/// Whether `e` says the client cannot be acted as until it has written.
+/// Whether `e` (from [`Impersonation::run`], or the OS) says the client
+/// cannot be acted as until something was read from it.
 pub(super) fn is_too_early(e: &io::Error) -> bool {
     e.raw_os_error() == Some(ERROR_CANNOT_IMPERSONATE as i32)
+        || e.get_ref().is_some_and(|inner| inner.is::<TooEarly>())
+}
+
+/// `ERROR_CANNOT_IMPERSONATE`, said plainly.
+#[derive(Debug)]
+struct TooEarly;
+
+impl std::fmt::Display for TooEarly {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "cannot act as the client before anything was read from it \
+             (ERROR_CANNOT_IMPERSONATE): impersonate while serving a request",
+        )
+    }
+}
+
+impl std::error::Error for TooEarly {}
+
+/// What [`Impersonation::run`] returns when Windows has nothing to act as
+/// yet.
+#[cfg(test)]
+pub(super) fn too_early_for_tests() -> io::Error {
+    impersonate_error(io::Error::from_raw_os_error(
+        ERROR_CANNOT_IMPERSONATE as i32,
+    ))
 }
 
 fn impersonate_error(e: io::Error) -> io::Error {
     if is_too_early(&e) {
-        io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "cannot act as the client before anything was read from it \
-             (ERROR_CANNOT_IMPERSONATE): impersonate while serving a request",
-        )
+        io::Error::new(io::ErrorKind::PermissionDenied, TooEarly)
     } else {
         e
     }
@@ -119,21 +142,27 @@ fn impersonate_error(e: io::Error) -> io::Error {
 /// The token of the calling thread, if it is impersonating, opened with the
 /// process's own rights (`OpenAsSelf`: the thread's identity may be one that
 /// may not open its own token, or only identify).
+///
+/// If the process may not open it, it is tried once more with the
+/// thread's identity (`OpenAsSelf` false), which works for a token of
+/// impersonation level.
 pub(super) fn thread_token(access: u32) -> io::Result<Option<OwnedHandle>> {
-    let mut token: HANDLE = ptr::null_mut();
-    // Safety: the pseudo handle of the current thread needs no closing;
-    // `token` receives a handle we own on success.
-    if unsafe { OpenThreadToken(GetCurrentThread(), access, 1, &mut token) } == 0 {
-        let e = io::Error::last_os_error();
-        return match e.raw_os_error() {
-            Some(code) if code == ERROR_NO_TOKEN as i32 => Ok(None),
-            _ => Err(e),
-        };
+    let open = |as_self| {
+        let mut token: HANDLE = ptr::null_mut();
+        // Safety: the pseudo handle of the current thread needs no closing;
+        // `token` receives a handle we own on success.
+        if unsafe { OpenThreadToken(GetCurrentThread(), access, as_self, &mut token) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Safety: `token` was just opened for us.
+        Ok(unsafe { OwnedHandle::from_raw_handle(token as RawHandle) })
+    };
+    match open(1) {
+        Ok(token) => Ok(Some(token)),
+        Err(e) if e.raw_os_error() == Some(ERROR_NO_TOKEN as i32) => Ok(None),
+        Err(e) if e.raw_os_error() == Some(ERROR_ACCESS_DENIED as i32) => open(0).map(Some),
+        Err(e) => Err(e),
     }
-    // Safety: `token` was just opened for us.
-    Ok(Some(unsafe {
-        OwnedHandle::from_raw_handle(token as RawHandle)
-    }))
 }
 
 /// Gives the thread back the token it had when saved: `RevertToSelf` if it
@@ -169,5 +198,23 @@ impl Drop for Restore {
             // client's rights: Microsoft's guidance is to stop.
             std::process::abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{impersonate_error, is_too_early};
+
+    #[test]
+    fn too_early_is_still_known_after_it_is_said_plainly() {
+        let raw = std::io::Error::from_raw_os_error(1368); // ERROR_CANNOT_IMPERSONATE
+        assert!(is_too_early(&raw));
+        let said = impersonate_error(raw);
+        assert!(is_too_early(&said), "{said}");
+        assert!(
+            said.to_string().contains("before anything was read"),
+            "{said}"
+        );
+        assert!(!is_too_early(&std::io::Error::from_raw_os_error(5)));
     }
 }

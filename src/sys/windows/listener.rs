@@ -22,7 +22,7 @@ use windows_sys::Win32::{
 use bytes::Bytes;
 
 use super::{
-    identity::{client_is_remote, client_pid, client_session, connection_user},
+    identity::{client_is_remote, client_pid, client_session, connection_user, User},
     impersonate::{is_too_early, EndOnDrop, Impersonation},
     invalid,
     io::{Pipe, PipeStream},
@@ -214,25 +214,16 @@ impl Slot for PipeSlot {
 
     /// The client's user, from the token the connection acts as, never
     /// from its process id: the process may have exited and its id gone to
-    /// another. Where Windows allows that only after a read
-    /// (`ERROR_CANNOT_IMPERSONATE`), the client's first bytes are read (and
-    /// kept for the connection) first. A remote client is given no user: who
-    /// it is on its own machine says nothing about who it is here.
-    async fn identify(&mut self, io: &mut PipeStream, peer: &mut Peer) {
+    /// another. A remote client is given no user: who it is on its own
+    /// machine says nothing about who it is here.
+    async fn identify(&mut self, io: &mut PipeStream, peer: &mut Peer, judged: bool) {
         let Some(client) = peer.impersonation.clone() else {
             return;
         };
         if peer.remote {
             return;
         }
-        let user = match connection_user(&client) {
-            Err(e) if is_too_early(&e) => match io.read_first().await {
-                Ok(()) => connection_user(&client),
-                Err(e) => Err(e),
-            },
-            user => user,
-        };
-        match user {
+        match identify_with(io, judged, || connection_user(&client)).await {
             Ok(user) => peer.user = Some(user),
             Err(e) => {
                 tracing::debug!(error = %e, "the client's token cannot be read; its user is unknown")
@@ -280,6 +271,27 @@ impl Slot for PipeSlot {
         self.pipe = None;
         self.pipe = Some(self.instances.create(false)?);
         Ok(())
+    }
+}
+
+/// Reads who the client is with `user_now`. Where Windows has no client
+/// context to act as yet (`ERROR_CANNOT_IMPERSONATE`: a client that opened
+/// the pipe with dynamic context tracking is captured with its writes) and
+/// the client is to be `judged` by rules, its first bytes are read first
+/// (and kept for the connection); unjudged, a client that says nothing
+/// first (a protocol where the server speaks first) is not kept waiting,
+/// and its user stays unknown.
+async fn identify_with(
+    io: &mut PipeStream,
+    judged: bool,
+    mut user_now: impl FnMut() -> io::Result<User>,
+) -> io::Result<User> {
+    match user_now() {
+        Err(e) if judged && is_too_early(&e) => {
+            io.read_first().await?;
+            user_now()
+        }
+        user => user,
     }
 }
 
@@ -359,6 +371,37 @@ mod tests {
         let mut got = vec![0; 12];
         io.read_exact(&mut got).await.unwrap();
         assert_eq!(got, b"hello, world");
+    }
+
+    #[tokio::test]
+    async fn a_client_windows_cannot_act_as_yet_is_identified_after_its_first_bytes_if_judged() {
+        for judged in [true, false] {
+            let (path, mut slot) = bound(&format!("too-early-{judged}"), false);
+            let mut client = super::super::connect(&path, false, false).await.unwrap();
+            client.write_all(b"hello").await.unwrap();
+            let (mut io, _) = slot.accept().await.unwrap();
+            // Windows refuses until something was read, as it does for a
+            // client with dynamic context tracking.
+            let mut attempts = 0;
+            let user = identify_with(&mut io, judged, || {
+                attempts += 1;
+                match attempts {
+                    1 => Err(super::super::impersonate::too_early_for_tests()),
+                    _ => super::super::current_user(),
+                }
+            })
+            .await;
+            if judged {
+                assert!(user.is_ok(), "{user:?}");
+                assert_eq!((attempts, &io.first[..]), (2, &b"hello"[..]));
+            } else {
+                assert!(user.is_err(), "unjudged clients are not waited for");
+                assert_eq!((attempts, &io.first[..]), (1, &b""[..]));
+            }
+            let mut got = vec![0; 5];
+            io.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, b"hello");
+        }
     }
 
     #[tokio::test]

@@ -123,7 +123,7 @@ pub(crate) fn spawn_without_group(command_line: &str, group: &str) -> io::Result
     // Safety: just opened for us.
     let own = unsafe { OwnedHandle::from_raw_handle(own as RawHandle) };
     let disable = SID_AND_ATTRIBUTES {
-        Sid: group.0,
+        Sid: group.as_psid(),
         Attributes: 0,
     };
     let mut restricted: HANDLE = ptr::null_mut();
