@@ -42,26 +42,44 @@ fn counting_echo(
     })
 }
 
+/// What a server whose service answers every request with `reply(info)`
+/// tells one client of `client`'s making: what the server knows of it.
+async fn told(
+    tag: &str,
+    server: pipeserve::server::Builder,
+    client: pipeserve::client::Builder,
+    reply: impl Fn(&ConnectionInfo) -> String + Clone + Send + Sync + 'static,
+) -> String {
+    let name = unique_name(tag);
+    let server = server.bind(&name).unwrap();
+    let make = tower::service_fn(move |info: ConnectionInfo| {
+        let reply = reply.clone();
+        async move {
+            Ok::<_, Infallible>(tower::service_fn(move |_: Bytes| {
+                let told = reply(&info);
+                async move { Ok::<_, Infallible>(Bytes::from(told)) }
+            }))
+        }
+    });
+    let serving = tokio::spawn(server.serve_make(make));
+    let client = client.connect(&name).await.unwrap();
+    let reply = client.call(Bytes::from("who am i")).await.unwrap();
+    serving.abort();
+    String::from_utf8(reply.to_vec()).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_sees_the_clients_pid_user_and_session() {
     within(60, async {
-        let name = unique_name("id-info");
-        let server = Server::builder().instances(2).bind(&name).unwrap();
-        let make = tower::service_fn(|info: ConnectionInfo| async move {
-            Ok::<_, Infallible>(tower::service_fn(move |_: Bytes| {
-                let reply = format!(
-                    "{:?}|{}|{:?}",
-                    info.client_pid(),
-                    info.user().map(|u| u.to_string()).unwrap_or_default(),
-                    info.session_id()
-                );
-                async move { Ok::<_, Infallible>(Bytes::from(reply)) }
-            }))
-        });
-        let serving = tokio::spawn(server.serve_make(make));
-        let client = Client::connect(&name).await.unwrap();
-        let reply = client.call(Bytes::new()).await.unwrap();
-        let reply = String::from_utf8(reply.to_vec()).unwrap();
+        let reply = told("id-info", Server::builder(), Client::builder(), |info| {
+            format!(
+                "{:?}|{}|{:?}",
+                info.client_pid(),
+                info.user().map(|u| u.to_string()).unwrap_or_default(),
+                info.session_id()
+            )
+        })
+        .await;
         let parts: Vec<&str> = reply.split('|').collect();
         assert_eq!(parts[0], format!("Some({})", std::process::id()), "{reply}");
         assert_eq!(parts[1], User::current().unwrap().to_string(), "{reply}");
@@ -70,7 +88,6 @@ async fn the_server_sees_the_clients_pid_user_and_session() {
         } else {
             assert_eq!(parts[2], "None", "{reply}");
         }
-        serving.abort();
     })
     .await
 }
@@ -219,38 +236,22 @@ async fn inside_an_impersonation_the_thread_is_the_client_and_after_it_is_not() 
     use pipeserve::test_util::thread_user;
 
     within(60, async {
-        let name = unique_name("id-impersonate");
-        let server = Server::builder().instances(1).bind(&name).unwrap();
-        let make = tower::service_fn(|info: ConnectionInfo| async move {
-            Ok::<_, Infallible>(tower::service_fn(move |_: Bytes| {
-                let (inside, nested, still) = info
-                    .impersonate(|| {
-                        // Nested, it acts as the client too, and gives the
-                        // outer one back as it was.
-                        let nested = info.impersonate(thread_user).unwrap();
-                        (thread_user(), nested, thread_user())
-                    })
-                    .unwrap();
-                let after = thread_user();
-                assert_eq!(inside, nested);
-                assert_eq!(inside, still);
-                let reply = format!("{inside:?}|{after:?}");
-                async move { Ok::<_, Infallible>(Bytes::from(reply)) }
-            }))
-        });
-        let serving = tokio::spawn(server.serve_make(make));
-        let client = Client::builder()
-            .impersonation(true)
-            .connect(&name)
-            .await
-            .unwrap();
-        let reply = client.call(Bytes::from("who am i")).await.unwrap();
-        let me = User::current().unwrap();
-        assert_eq!(
-            String::from_utf8(reply.to_vec()).unwrap(),
-            format!("Some({:?})|None", me.sid())
-        );
-        serving.abort();
+        let client = Client::builder().impersonation(true);
+        let reply = told("id-impersonate", Server::builder(), client, |info| {
+            let (inside, nested, still) = info
+                .impersonate(|| {
+                    // Nested, it acts as the client too, and gives the outer
+                    // one back as it was.
+                    let nested = info.impersonate(thread_user).unwrap();
+                    (thread_user(), nested, thread_user())
+                })
+                .unwrap();
+            let after = thread_user();
+            format!("{inside:?}|{nested:?}|{still:?}|{after:?}")
+        })
+        .await;
+        let me = format!("Some({:?})", User::current().unwrap().sid());
+        assert_eq!(reply, format!("{me}|{me}|{me}|None"));
     })
     .await
 }
@@ -349,32 +350,21 @@ async fn acting_as_the_client_inside_another_apis_impersonation_leaves_the_threa
     use pipeserve::test_util::{impersonate_self, revert_to_self, thread_impersonation_level};
 
     within(60, async {
-        let name = unique_name("id-impersonate-other");
-        let server = Server::builder().instances(1).bind(&name).unwrap();
-        let make = tower::service_fn(|info: ConnectionInfo| async move {
-            Ok::<_, Infallible>(tower::service_fn(move |_: Bytes| {
-                // Another API made this thread act as the process, at
-                // identification level.
-                impersonate_self().unwrap();
-                let before = thread_impersonation_level();
-                let inside = info.impersonate(thread_impersonation_level).unwrap();
-                let after = thread_impersonation_level();
-                revert_to_self();
-                let reply = format!("{before:?}|{inside:?}|{after:?}");
-                async move { Ok::<_, Infallible>(Bytes::from(reply)) }
-            }))
-        });
-        let serving = tokio::spawn(server.serve_make(make));
-        let client = Client::builder()
-            .impersonation(true)
-            .connect(&name)
-            .await
-            .unwrap();
-        let reply = client.call(Bytes::from("who am i")).await.unwrap();
+        let client = Client::builder().impersonation(true);
+        let reply = told("id-impersonate-other", Server::builder(), client, |info| {
+            // Another API made this thread act as the process, at
+            // identification level.
+            impersonate_self().unwrap();
+            let before = thread_impersonation_level();
+            let inside = info.impersonate(thread_impersonation_level).unwrap();
+            let after = thread_impersonation_level();
+            revert_to_self();
+            format!("{before:?}|{inside:?}|{after:?}")
+        })
+        .await;
         // Identification (1) before and after; the client's impersonation
         // level (2) inside.
         assert_eq!(reply, "Some(1)|Some(2)|Some(1)");
-        serving.abort();
     })
     .await
 }
@@ -421,34 +411,18 @@ fn dropping_a_connection_inside_its_own_impersonation_does_not_hang() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_client_of_a_server_open_to_remote_ones_keeps_its_pid_and_user() {
     within(60, async {
-        let name = unique_name("id-remote-ok");
-        let server = Server::builder()
-            .reject_remote_clients(false)
-            .bind(&name)
-            .unwrap();
-        let make = tower::service_fn(|info: ConnectionInfo| async move {
-            Ok::<_, Infallible>(tower::service_fn(move |_: Bytes| {
-                let reply = format!(
-                    "{}|{:?}|{}",
-                    info.is_remote(),
-                    info.client_pid(),
-                    info.user().map(|u| u.to_string()).unwrap_or_default(),
-                );
-                async move { Ok::<_, Infallible>(Bytes::from(reply)) }
-            }))
-        });
-        let serving = tokio::spawn(server.serve_make(make));
-        let client = Client::connect(&name).await.unwrap();
-        let reply = client.call(Bytes::new()).await.unwrap();
-        assert_eq!(
-            reply,
+        let server = Server::builder().reject_remote_clients(false);
+        let reply = told("id-remote-ok", server, Client::builder(), |info| {
             format!(
-                "false|Some({})|{}",
-                std::process::id(),
-                User::current().unwrap()
+                "{}|{:?}|{}",
+                info.is_remote(),
+                info.client_pid(),
+                info.user().map(|u| u.to_string()).unwrap_or_default(),
             )
-        );
-        serving.abort();
+        })
+        .await;
+        let me = User::current().unwrap();
+        assert_eq!(reply, format!("false|Some({})|{me}", std::process::id()));
     })
     .await
 }
