@@ -59,10 +59,11 @@
 //! and, on Windows, its session.
 //! [`authorize`](server::Builder::authorize) refuses clients before a byte of
 //! theirs reaches a service or they take a place among those served, and on
-//! Windows `ConnectionInfo::impersonate` runs a closure as the client. Clients check who runs the server before they
-//! write ([`server_identity`](client::Builder::server_identity), their own
-//! user by default), so a process of another user that took the name first
-//! gets nothing. `docs/security.md` has the threat model.
+//! Windows `ConnectionInfo::impersonate` runs a closure as the client.
+//! Clients check who runs the server before they write
+//! ([`server_identity`](client::Builder::server_identity), their own user by
+//! default), so a process of another user that took the name first gets
+//! nothing. `docs/security.md` has the threat model.
 //!
 //! # Connections instead of frames
 //!

@@ -13,7 +13,8 @@ use crate::{error::BoxError, User};
 /// before it takes one of the places served at once), counted in
 /// [`Stats::refused`](super::Stats::refused), and logged at `debug` with the
 /// rule's reason. The rules together have the
-/// [`authorize_timeout`](super::Builder::authorize_timeout) to decide. Implemented for async closures
+/// [`authorize_timeout`](super::Builder::authorize_timeout) to decide.
+/// Implemented for async closures
 /// `Fn(ConnectionInfo) -> impl Future<Output = Result<(), E>>`, and by the
 /// rules of this module: [`same_user`], [`user`], and (per platform)
 /// `group_sid` (Windows) or `group_gid` (Unix).

@@ -76,7 +76,7 @@ impl User {
 pub(crate) fn current_user() -> io::Result<User> {
     // Safety: takes nothing; the pseudo handle it returns needs no closing.
     let process = unsafe { GetCurrentProcess() };
-    token_user(&open_token(process)?)
+    token_user(&open_token(process, TOKEN_QUERY)?)
 }
 
 /// Who the client of a connection is, from the connection itself: the
@@ -161,15 +161,15 @@ fn process_token(pid: u32) -> io::Result<OwnedHandle> {
     }
     // Safety: `process` was just opened for us.
     let process = unsafe { OwnedHandle::from_raw_handle(process as RawHandle) };
-    open_token(process.as_raw_handle() as HANDLE)
+    open_token(process.as_raw_handle() as HANDLE, TOKEN_QUERY)
 }
 
-/// The token of an open process, for querying.
-pub(super) fn open_token(process: HANDLE) -> io::Result<OwnedHandle> {
+/// The token of an open process, with `access` (`TOKEN_QUERY` to read it).
+pub(super) fn open_token(process: HANDLE, access: u32) -> io::Result<OwnedHandle> {
     let mut token: HANDLE = ptr::null_mut();
     // Safety: the caller keeps `process` open for the call; `token` receives
     // a handle we own on success.
-    if unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut token) } == 0 {
+    if unsafe { OpenProcessToken(process, access, &mut token) } == 0 {
         return Err(io::Error::last_os_error());
     }
     // Safety: `token` was just opened for us.

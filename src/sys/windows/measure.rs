@@ -25,13 +25,13 @@ use windows_sys::Win32::{
         ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS},
         Threading::{
             CreateProcessAsUserW, GetCurrentProcess, GetCurrentThreadId, GetProcessHandleCount,
-            GetProcessTimes, OpenProcessToken, TerminateProcess, PROCESS_INFORMATION, STARTUPINFOW,
+            GetProcessTimes, TerminateProcess, PROCESS_INFORMATION, STARTUPINFOW,
         },
     },
 };
 
 use super::{
-    identity::{token_user, Sid},
+    identity::{open_token, token_user, Sid},
     impersonate::thread_token,
     security::SecurityDescriptor,
 };
@@ -107,21 +107,11 @@ impl Drop for Restricted {
 /// this process's.
 pub(crate) fn spawn_without_group(command_line: &str, group: &str) -> io::Result<Restricted> {
     let group = Sid::parse(group)?;
-    let mut own: HANDLE = ptr::null_mut();
-    // Safety: the pseudo handle of this process needs no closing; `own`
-    // receives a handle we own on success.
-    if unsafe {
-        OpenProcessToken(
-            GetCurrentProcess(),
-            TOKEN_QUERY | TOKEN_DUPLICATE | TOKEN_ASSIGN_PRIMARY,
-            &mut own,
-        )
-    } == 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // Safety: just opened for us.
-    let own = unsafe { OwnedHandle::from_raw_handle(own as RawHandle) };
+    // Safety: the pseudo handle of this process needs no closing.
+    let own = open_token(
+        unsafe { GetCurrentProcess() },
+        TOKEN_QUERY | TOKEN_DUPLICATE | TOKEN_ASSIGN_PRIMARY,
+    )?;
     let disable = SID_AND_ATTRIBUTES {
         Sid: group.as_psid(),
         Attributes: 0,
