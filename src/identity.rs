@@ -83,6 +83,16 @@ impl PartialEq for User {
 
 impl Eq for User {}
 
+/// Hashes what [`PartialEq`] compares: the SID (Windows), the uid (Unix).
+impl std::hash::Hash for User {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        #[cfg(windows)]
+        self.0.sid.hash(state);
+        #[cfg(unix)]
+        self.0.uid.hash(state);
+    }
+}
+
 impl fmt::Display for User {
     /// The SID on Windows, `uid=N` on Unix.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

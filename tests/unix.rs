@@ -26,8 +26,11 @@ fn socket_path(name: &str) -> PathBuf {
 async fn the_socket_is_never_seen_with_looser_permissions_than_0600() {
     // A watcher stats the path as fast as it can while servers bind and
     // unbind; any sighting of another mode fails the test.
-    let name = unique_name("perms");
-    let path = socket_path(&name);
+    // In a directory of its own, so that what is left in it is this
+    // test's.
+    let dir = scratch_dir("perms");
+    let path = dir.join("s.sock");
+    let name = path.to_str().unwrap().to_owned();
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(AtomicUsize::new(0));
     let watcher = {
@@ -73,17 +76,9 @@ async fn the_socket_is_never_seen_with_looser_permissions_than_0600() {
         bad.first().copied().unwrap_or(0)
     );
     // No staging directory is left behind.
-    let parent = path.parent().unwrap();
-    let staged: Vec<_> = fs::read_dir(parent)
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .starts_with(&format!(".pipeserve-{}-", std::process::id()))
-        })
-        .collect();
-    assert!(staged.is_empty(), "left behind: {staged:?}");
+    let left: Vec<_> = fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    fs::remove_dir(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,6 +99,8 @@ struct PipeOptions {
     first_pipe_instance: bool,
     security: sys::Security,
     strict_dir: bool,
+    socket_mode: u32,
+    socket_group: Option<u32>,
 }
 
 /// Builds a [`Server`]: every option, then [`bind`](Builder::bind).
@@ -146,6 +148,7 @@ impl Default for Builder {
                 drain_timeout: Duration::from_secs(10),
                 authorize: Vec::new(),
                 authorize_timeout: Duration::from_secs(10),
+                per_user: None,
             },
             pipe: PipeOptions {
                 pipe_mode: None,
@@ -155,6 +158,8 @@ impl Default for Builder {
                 first_pipe_instance: true,
                 security: sys::Security::OwnerOnly,
                 strict_dir: true,
+                socket_mode: 0o600,
+                socket_group: None,
             },
             conn: ConnConfig {
                 pipeline_depth: 16,
@@ -237,8 +242,9 @@ impl<F, E> Builder<F, E> {
     /// without spares a client reconnecting at that moment would find every
     /// instance busy although a slot is free. On Unix `n` tasks accept from
     /// the socket (accept slots), twice as many with
-    /// [`authorize`](Builder::authorize) rules; further clients wait in the
-    /// listen backlog. The spares also judge the next clients by the rules
+    /// [`authorize`](Builder::authorize) rules or a
+    /// [per-user limit](Builder::max_connections_per_user); further clients
+    /// wait in the listen backlog. The spares also judge the next clients by the rules
     /// while `n` are served, and a client accepted while `n` are served
     /// waits, connected, until one ends.
     pub fn instances(mut self, n: usize) -> Self {
@@ -372,6 +378,45 @@ impl<F, E> Builder<F, E> {
         self
     }
 
+    /// Sets the socket file's permission bits (default: `0o600`, the
+    /// server's user alone). Unix only.
+    ///
+    /// The mode and the [`socket_group`](Builder::socket_group) are given to
+    /// the socket inside the private staging directory, before it is linked
+    /// into place: it is never reachable with other permissions, not even
+    /// for an instant. Connecting takes write permission on the socket, so
+    /// `0o660` with a group lets its members in (a container engine's
+    /// `root:docker` socket), `0o666` everyone who can reach the directory.
+    /// Every client still has its peer credentials, so the
+    /// [`authorize`](Builder::authorize) rules and the
+    /// [per-user limit](Builder::max_connections_per_user) see who it is.
+    /// Bits beyond `0o777` are a config error at [`bind`](Builder::bind).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), pipeserve::Error> {
+    /// // Members of group 998 may connect.
+    /// let server = pipeserve::Server::builder()
+    ///     .socket_mode(0o660)
+    ///     .socket_group(998)
+    ///     .bind("/run/myapp/api.sock")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn socket_mode(mut self, mode: u32) -> Self {
+        self.pipe.socket_mode = mode;
+        self
+    }
+
+    /// Sets the socket file's group, by gid (default: the server's primary
+    /// group); see [`socket_mode`](Builder::socket_mode). The server's user
+    /// must be in the group (or be root), else [`bind`](Builder::bind)
+    /// fails. Unix only.
+    pub fn socket_group(mut self, gid: u32) -> Self {
+        self.pipe.socket_group = Some(gid);
+        self
+    }
+
     /// Sets how long a graceful shutdown waits for connections to finish
     /// (default: 10 s); connections still open then are closed.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
@@ -426,11 +471,59 @@ impl<F, E> Builder<F, E> {
     /// On Windows the client's identity is its connection's token, which
     /// Windows may let a server read only once something was read from the
     /// client (a client that opened the pipe with dynamic context
-    /// tracking): with rules, such a client is identified when its first
-    /// bytes arrive, and refused if none arrive within this timeout; without
-    /// rules it is not waited for, and its user is unknown.
+    /// tracking): with rules or a
+    /// [per-user limit](Builder::max_connections_per_user), such a client is
+    /// identified when its first bytes arrive, and refused if none arrive
+    /// within this timeout; without either it is not waited for, and its
+    /// user is unknown.
     pub fn authorize_timeout(mut self, timeout: Duration) -> Self {
         self.pool.authorize_timeout = timeout;
+        self
+    }
+
+    /// Lets each user hold at most `n` connections at once (default: no
+    /// limit), so that no one user can take every instance from the others.
+    ///
+    /// A user is a client's identity as the connection tells it (its SID on
+    /// Windows, its uid on Unix; see [`ConnectionInfo::user`](crate::ConnectionInfo::user));
+    /// clients whose user is unknown (remote pipe clients, a listener
+    /// without credentials) count as one user. A connection is held from the
+    /// moment it is identified until its instance lets it go, whether it is
+    /// being judged by the [`authorize`](Builder::authorize) rules, waiting
+    /// for a place, served, or lingering for its client's EOF. A client whose
+    /// user already holds `n` is refused at once, before the rules and
+    /// before a byte of it is served (never queued behind its own
+    /// connections): closed, counted in [`Stats::refused`](super::Stats::refused)
+    /// and [`Stats::refused_per_user`](super::Stats::refused_per_user), and
+    /// logged at `debug`. Applies to framed serving, [`Incoming`](super::Incoming),
+    /// tonic and hyper alike.
+    ///
+    /// Whatever the limit, when clients wait for one of the
+    /// [`instances`](Builder::instances) served at once, a place that frees
+    /// goes to the waiting client whose user has the fewest connections
+    /// served (the longest waiting among equals), not simply to the first
+    /// in line. With a limit, clients are judged on the spares as with
+    /// rules: on Unix twice as many accept slots as `instances`, and on
+    /// Windows a client that lets the server see its token only once it has
+    /// written is identified by its first bytes (see
+    /// [`authorize_timeout`](Builder::authorize_timeout)).
+    ///
+    /// `n` below `instances` is what keeps room for other users: with
+    /// `instances(8)` and `max_connections_per_user(2)`, four users at least
+    /// are served at once.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), pipeserve::Error> {
+    /// let server = pipeserve::Server::builder()
+    ///     .instances(16)
+    ///     .max_connections_per_user(4)
+    ///     .bind("myapp")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn max_connections_per_user(mut self, n: usize) -> Self {
+        self.pool.per_user = Some(n);
         self
     }
 }
@@ -490,6 +583,12 @@ where
     pub fn bind(self, name: &str) -> Result<Server<F>, Error> {
         let address = Address::new(name)?;
         self.check(sys::MAX_INSTANCES)?;
+        let mode = self.pipe.socket_mode;
+        if mode & !0o777 != 0 {
+            return Err(Error::config(format!(
+                "socket_mode {mode:#o} has bits beyond 0o777"
+            )));
+        }
         let needs_message = self.framing.message_mode();
         if needs_message && !sys::MESSAGE_PIPES {
             return Err(Error::needs_message_pipe());
@@ -506,7 +605,7 @@ where
         let pipe = &self.pipe;
         let instances = self.pool.instances;
         let options = sys::ListenOptions {
-            instances: sys::pipe_instances(instances, !self.pool.authorize.is_empty()),
+            instances: sys::pipe_instances(instances, self.pool.judges()),
             message_mode,
             message_reads: needs_message,
             in_buffer_size: pipe.in_buffer_size,
@@ -515,6 +614,8 @@ where
             first_pipe_instance: pipe.first_pipe_instance,
             security: pipe.security.clone(),
             strict_dir: pipe.strict_dir,
+            socket_mode: pipe.socket_mode,
+            socket_group: pipe.socket_group,
             keep_at_most: codec::KEEP_AT_MOST,
         };
         let listener = sys::bind(address.as_path(), &options).map_err(Error::from_bind)?;
@@ -537,10 +638,10 @@ where
         }
         let instances = self.pool.instances;
         // Spares to judge clients in, as bound servers have.
-        let slots = if self.pool.authorize.is_empty() {
-            instances
-        } else {
+        let slots = if self.pool.judges() {
             2 * instances
+        } else {
+            instances
         };
         info!(listener = %acceptor.describe(), instances, "listening");
         Ok(self.into_server(AcceptListener::new(acceptor, slots)))
@@ -553,6 +654,9 @@ where
             return Err(Error::config(format!(
                 "instances must be 1 to {max_instances}, got {n}"
             )));
+        }
+        if self.pool.per_user == Some(0) {
+            return Err(Error::config("max_connections_per_user must be at least 1"));
         }
         check_pipeline_depth(self.conn.pipeline_depth)
     }

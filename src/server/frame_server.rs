@@ -6,15 +6,13 @@
 
 use std::sync::Arc;
 
-use tokio::{
-    io::{AsyncRead, AsyncWrite},
-    sync::OwnedSemaphorePermit,
-};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tower::ServiceExt;
 use tower_service::Service;
 use tracing::debug;
 
 use super::{
+    admission::Place,
     dispatch::{self, ConnConfig, Observer},
     end::End,
     pool::{Done, Role, Shared},
@@ -126,7 +124,7 @@ where
         &mut self,
         io: Io,
         info: ConnectionInfo,
-        serving: OwnedSemaphorePermit,
+        serving: Place,
         shared: &Arc<Shared>,
     ) -> Done<Io> {
         let svc = match self.make.make(&info).await {

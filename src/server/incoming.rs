@@ -14,12 +14,13 @@ use std::{
 use futures_util::Stream;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    sync::{mpsc, oneshot, OwnedSemaphorePermit},
+    sync::{mpsc, oneshot},
 };
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::info;
 
 use super::{
+    admission::Place,
     end::End,
     listen::Listen,
     pool::{Done, Pool, Role, Shared},
@@ -280,7 +281,7 @@ pub struct Connection<Io = PipeStream> {
     /// Where the I/O object goes back to its instance.
     back: Option<oneshot::Sender<Io>>,
     /// The connection's place among those served at once.
-    _serving: OwnedSemaphorePermit,
+    _serving: Place,
 }
 
 impl<Io> Connection<Io> {
@@ -373,7 +374,7 @@ impl<Io: Send + 'static> Role<Io> for Handout<Io> {
         &mut self,
         io: Io,
         info: ConnectionInfo,
-        serving: OwnedSemaphorePermit,
+        serving: Place,
         _: &Arc<Shared>,
     ) -> Done<Io> {
         let (back, returned) = oneshot::channel();

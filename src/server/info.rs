@@ -74,8 +74,8 @@ impl ConnectionInfo {
     }
 
     /// The index of the pipe instance (accept slot) serving it: below twice
-    /// `instances` on Windows and, with authorize rules, on Unix (the
-    /// spares), below `instances` otherwise (see
+    /// `instances` on Windows and, with authorize rules or a per-user limit,
+    /// on Unix (the spares), below `instances` otherwise (see
     /// [`Builder::instances`](crate::server::Builder::instances)).
     pub fn instance(&self) -> usize {
         self.instance
@@ -100,7 +100,8 @@ impl ConnectionInfo {
     /// the system does not say: a client that allowed only anonymous
     /// impersonation, a remote client, a listener of your own, a Windows
     /// client that Windows cannot act as before it writes (dynamic context
-    /// tracking) when there are no rules to wait for it by (see
+    /// tracking) when clients are not judged (neither rules nor a per-user
+    /// limit wait for it: see
     /// [`authorize_timeout`](crate::server::Builder::authorize_timeout)).
     pub fn user(&self) -> Option<User> {
         self.peer.user.clone().map(User)
@@ -151,9 +152,9 @@ impl ConnectionInfo {
     /// the thread's own impersonation cannot be kept, and (where Windows
     /// has no client context yet, `ERROR_CANNOT_IMPERSONATE`: a client with
     /// dynamic context tracking) not before anything was read from the
-    /// client: with rules, pipeserve reads such a client's first bytes to
-    /// identify it, so from the rules on it works; while serving a request
-    /// it always does.
+    /// client: with rules or a per-user limit, pipeserve reads such a
+    /// client's first bytes to identify it, so from the rules on it works;
+    /// while serving a request it always does.
     ///
     /// The connection may end, even be dropped by `f`, while `f` runs: the
     /// thread holds the client's token from the start, and keeps it until

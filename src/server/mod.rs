@@ -2,6 +2,7 @@
 //! [`serve`](Server::serve) frames with a tower service, or
 //! [`into_incoming`](Server::into_incoming) hands out connected streams.
 
+mod admission;
 pub mod authorize;
 mod builder;
 mod dispatch;

@@ -34,7 +34,6 @@ use std::{
 
 use futures_util::FutureExt;
 use tokio::{
-    sync::{OwnedSemaphorePermit, Semaphore},
     task::{Id, JoinSet},
     time::Instant,
 };
@@ -42,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, trace, warn, Instrument};
 
 use super::{
+    admission::{Admission, Held, Place},
     authorize::Authorizer,
     end::{self, End},
     shutdown::Shutdown,
@@ -68,6 +68,18 @@ pub(crate) struct Config {
     /// How long identifying a client and its rules may take together; a
     /// client not let in by then is refused.
     pub(crate) authorize_timeout: Duration,
+    /// The most connections one user may hold at once.
+    pub(crate) per_user: Option<usize>,
+}
+
+impl Config {
+    /// Whether clients are judged before they are served: by rules, or by
+    /// their user's share. A judged client must be identified first (on
+    /// Windows that may wait for its first bytes), and the spares judge the
+    /// next clients while `instances` are served.
+    pub(crate) fn judges(&self) -> bool {
+        !self.authorize.is_empty() || self.per_user.is_some()
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -78,6 +90,7 @@ impl std::fmt::Debug for Config {
             .field("drain_timeout", &self.drain_timeout)
             .field("authorize", &self.authorize.len())
             .field("authorize_timeout", &self.authorize_timeout)
+            .field("per_user", &self.per_user)
             .finish()
     }
 }
@@ -92,7 +105,7 @@ pub(crate) trait Role<Io>: Clone + Send + 'static {
         &mut self,
         io: Io,
         info: ConnectionInfo,
-        serving: OwnedSemaphorePermit,
+        serving: Place,
         shared: &Arc<Shared>,
     ) -> impl Future<Output = Done<Io>> + Send;
 }
@@ -123,17 +136,18 @@ pub(crate) struct Shared {
     drain_deadline: OnceLock<Instant>,
     counters: Counters,
     next_id: AtomicU64,
-    /// One permit per connection served at once (`instances`). There are
-    /// more pipe instances (Windows) or, with rules, accept slots (Unix)
-    /// than that, the spares: a client accepted while every permit is taken
-    /// waits, connected, as in a socket's listen backlog.
-    serving: Arc<Semaphore>,
+    /// The places served at once (`instances`), each user's share, and the
+    /// order of those waiting. There are more pipe instances (Windows) or,
+    /// when clients are judged, accept slots (Unix) than places, the
+    /// spares: a client accepted while every place is taken waits,
+    /// connected, as in a socket's listen backlog.
+    admission: Arc<Admission>,
 }
 
 impl Shared {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         Arc::new(Shared {
-            serving: Arc::new(Semaphore::new(config.instances)),
+            admission: Admission::new(config.instances, config.per_user),
             config,
             shutdown_request: CancellationToken::new(),
             shutdown: Shutdown::default(),
@@ -363,9 +377,9 @@ where
         // us: before a byte of it reaches a service, and before it takes a
         // place among those served, so that no client, however slow to
         // identify or to judge, holds one. Both within the authorize timeout.
-        let rules = !shared.config.authorize.is_empty();
         let deadline = deadline_after(shared.config.authorize_timeout);
-        let identified = until(&shared, deadline, slot.identify(&mut io, &mut peer, rules)).await;
+        let judged = shared.config.judges();
+        let identified = until(&shared, deadline, slot.identify(&mut io, &mut peer, judged)).await;
         let Some(identified) = identified.map(|done| done.is_some()) else {
             let _ = slot.release(io).await;
             return;
@@ -373,50 +387,31 @@ where
         let client_pid = peer.pid;
         let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, peer);
         let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid);
-        if rules {
-            // `Some(None)`: the deadline passed first.
-            let checked = match identified {
-                false => Some(None),
-                true => until(&shared, deadline, shared.authorize(&info)).await,
-            };
-            let refused = match checked {
-                None => {
-                    let _ = slot.release(io).await;
-                    return;
-                }
-                Some(Some(checked)) => checked.err(),
-                Some(None) => {
-                    shared.counters.authorize_timed_out();
-                    let stage = if identified {
-                        "the rules did not decide"
-                    } else {
-                        "the client was not identified"
-                    };
-                    let timeout = shared.config.authorize_timeout;
-                    Some(format!("{stage} within the authorize timeout ({timeout:?})").into())
-                }
-            };
-            if let Some(why) = refused {
+        let held = match admit(&shared, &info, identified, deadline).await {
+            None => {
+                let _ = slot.release(io).await;
+                return;
+            }
+            Some(Ok(held)) => held,
+            Some(Err(why)) => {
                 shared.counters.refused();
                 debug!(parent: &span, reason = %why, "client refused");
                 release(&mut slot, io, index, &shared).await;
                 continue;
             }
-        }
+        };
         // A place among those served; without one the client waits,
-        // connected.
-        let serving = match shared.serving.clone().try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => tokio::select! {
-                biased;
-                _ = shared.shutdown.cancelled() => {
+        // connected, for its turn.
+        let serving = match held.try_place() {
+            Some(place) => place,
+            None => {
+                let _waiting = shared.counters.waiting();
+                let Some(place) = unless_shutdown(&shared, held.place()).await else {
                     let _ = slot.release(io).await;
                     return;
-                }
-                permit = shared.serving.clone().acquire_owned() => {
-                    permit.expect("the semaphore is never closed")
-                }
-            },
+                };
+                place
+            }
         };
         let active = shared.counters.open();
         trace!(parent: &span, "client connected");
@@ -451,7 +446,48 @@ where
         }
         drop(active);
         release(&mut slot, io, index, &shared).await;
+        drop(held);
     }
+}
+
+/// Judges a new client before it takes a place: identified (when clients
+/// are judged: see [`Config::judges`]), within its user's share, let in by
+/// every rule, all by `deadline`. `None` on shutdown; the refusal's reason
+/// if refused, counted.
+async fn admit(
+    shared: &Shared,
+    info: &ConnectionInfo,
+    identified: bool,
+    deadline: Instant,
+) -> Option<Result<Held, BoxError>> {
+    let config = &shared.config;
+    let timed_out = |stage: &str| -> BoxError {
+        shared.counters.authorize_timed_out();
+        let timeout = config.authorize_timeout;
+        format!("{stage} within the authorize timeout ({timeout:?})").into()
+    };
+    if !identified {
+        return Some(Err(timed_out("the client was not identified")));
+    }
+    // The share first: a user over it is refused without asking the rules,
+    // and a client the rules are still judging counts in it.
+    let held = match shared.admission.hold(info.user()) {
+        Ok(held) => held,
+        Err(over) => {
+            shared.counters.over_share();
+            return Some(Err(over.to_string().into()));
+        }
+    };
+    if config.authorize.is_empty() {
+        return Some(Ok(held));
+    }
+    Some(
+        match until(shared, deadline, shared.authorize(info)).await? {
+            Some(Ok(())) => Ok(held),
+            Some(Err(why)) => Err(why),
+            None => Err(timed_out("the rules did not decide")),
+        },
+    )
 }
 
 /// Now plus `timeout`, or (for a timeout too large to add) a deadline that
@@ -468,15 +504,26 @@ fn deadline_after(timeout: Duration) -> Instant {
 /// on the shared shutdown signal.
 async fn until<F: Future>(shared: &Shared, deadline: Instant, fut: F) -> Option<Option<F::Output>> {
     let mut fut = std::pin::pin!(fut);
-    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
-    if let Poll::Ready(out) = first {
+    if let Poll::Ready(out) = poll_once(fut.as_mut()).await {
         return Some(Some(out));
     }
+    unless_shutdown(shared, tokio::time::timeout_at(deadline, fut))
+        .await
+        .map(Result::ok)
+}
+
+/// Runs `fut` unless the server shuts down first (`None`).
+async fn unless_shutdown<F: Future>(shared: &Shared, fut: F) -> Option<F::Output> {
     tokio::select! {
         biased;
         _ = shared.shutdown.cancelled() => None,
-        out = tokio::time::timeout_at(deadline, fut) => Some(out.ok()),
+        out = fut => Some(out),
     }
+}
+
+/// Polls `fut` once.
+async fn poll_once<F: Future + Unpin>(mut fut: F) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(std::pin::Pin::new(&mut fut).poll(cx))).await
 }
 
 /// Disconnects a client, readying the instance for the next; replaces the

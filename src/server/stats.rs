@@ -19,6 +19,11 @@ pub struct Stats {
     pub requests: u64,
     /// Instances (accept slots) waiting for a client now.
     pub listening: u64,
+    /// Clients connected and let in, waiting for one of the
+    /// [`instances`](super::Builder::instances) served at once now (see
+    /// [`max_connections_per_user`](super::Builder::max_connections_per_user)
+    /// for the order they are served in). Not counted in `active`.
+    pub waiting: u64,
     /// Connections closed because of a malformed or oversized frame.
     pub frames_rejected: u64,
     /// Connections closed because the service failed or could not be made
@@ -33,12 +38,16 @@ pub struct Stats {
     /// Instances replaced after their handle failed, or accept errors.
     pub instance_failures: u64,
     /// Clients refused by an [`authorize`](super::Builder::authorize) rule,
-    /// or because the rules did not decide in time, closed before anything
-    /// reached a service (not counted in `connections`).
+    /// because the rules did not decide in time, or because their user
+    /// already held its share, closed before anything reached a service (not
+    /// counted in `connections`).
     pub refused: u64,
     /// Of `refused`, the clients the rules had not let in when the
     /// [`authorize_timeout`](super::Builder::authorize_timeout) passed.
     pub authorize_timeouts: u64,
+    /// Of `refused`, the clients whose user already held its share,
+    /// [`max_connections_per_user`](super::Builder::max_connections_per_user).
+    pub refused_per_user: u64,
 }
 
 /// What a server did, returned when it shuts down.
@@ -71,6 +80,7 @@ pub(crate) struct Counters {
     active: AtomicU64,
     requests: AtomicU64,
     listening: AtomicU64,
+    waiting: AtomicU64,
     frames_rejected: AtomicU64,
     service_errors: AtomicU64,
     panics: AtomicU64,
@@ -79,6 +89,7 @@ pub(crate) struct Counters {
     instance_failures: AtomicU64,
     refused: AtomicU64,
     authorize_timeouts: AtomicU64,
+    refused_per_user: AtomicU64,
 }
 
 impl Counters {
@@ -88,6 +99,7 @@ impl Counters {
             active: self.active.load(Relaxed),
             requests: self.requests.load(Relaxed),
             listening: self.listening.load(Relaxed),
+            waiting: self.waiting.load(Relaxed),
             frames_rejected: self.frames_rejected.load(Relaxed),
             service_errors: self.service_errors.load(Relaxed),
             panics: self.panics.load(Relaxed),
@@ -96,6 +108,7 @@ impl Counters {
             instance_failures: self.instance_failures.load(Relaxed),
             refused: self.refused.load(Relaxed),
             authorize_timeouts: self.authorize_timeouts.load(Relaxed),
+            refused_per_user: self.refused_per_user.load(Relaxed),
         }
     }
 
@@ -142,7 +155,8 @@ impl Counters {
         self.instance_failures.fetch_add(1, Relaxed);
     }
 
-    /// A client an authorize rule refused (or that timed out).
+    /// A client refused: by an authorize rule, the authorize timeout or its
+    /// user's share.
     pub(crate) fn refused(&self) {
         self.refused.fetch_add(1, Relaxed);
     }
@@ -150,6 +164,11 @@ impl Counters {
     /// A client the rules had not let in by the authorize timeout.
     pub(crate) fn authorize_timed_out(&self) {
         self.authorize_timeouts.fetch_add(1, Relaxed);
+    }
+
+    /// A client whose user already held its share.
+    pub(crate) fn over_share(&self) {
+        self.refused_per_user.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn active(&self) -> u64 {
@@ -166,6 +185,11 @@ impl Counters {
     /// Counts an instance as listening until the guard drops.
     pub(crate) fn listening(&self) -> Gauge<'_> {
         Gauge::up(&self.listening)
+    }
+
+    /// Counts a client as waiting for a place until the guard drops.
+    pub(crate) fn waiting(&self) -> Gauge<'_> {
+        Gauge::up(&self.waiting)
     }
 
     /// Counts how a connection ended.

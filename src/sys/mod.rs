@@ -103,8 +103,9 @@ pub(crate) trait Slot: Send + 'static {
 
     /// Learns who the client is from the connection itself, where that
     /// takes more than the accept (Windows: the client's token, which, for a
-    /// client to be `judged` by rules, may wait for its first bytes).
-    /// Bounded by the caller's deadline; what it cannot learn stays `None`.
+    /// client to be `judged` by rules or its user's share, may wait for its
+    /// first bytes). Bounded by the caller's deadline; what it cannot learn
+    /// stays `None`.
     fn identify(
         &mut self,
         io: &mut Self::Io,
@@ -172,6 +173,12 @@ pub(crate) struct ListenOptions {
     /// Unix: refuse a socket directory another user could change.
     #[cfg_attr(windows, allow(dead_code))]
     pub(crate) strict_dir: bool,
+    /// Unix: the socket file's permission bits (at most `0o777`).
+    #[cfg_attr(windows, allow(dead_code))]
+    pub(crate) socket_mode: u32,
+    /// Unix: the socket file's group, if not the server's.
+    #[cfg_attr(windows, allow(dead_code))]
+    pub(crate) socket_group: Option<u32>,
     /// Windows: the largest buffer an instance keeps for its next client;
     /// one that read or wrote more is let go of (or replaced).
     pub(crate) keep_at_most: usize,

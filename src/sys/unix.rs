@@ -49,9 +49,9 @@ const MAX_PATH: usize = 107;
 pub(crate) const MAX_INSTANCES: usize = 1 << 16;
 
 /// The accept slots for `served` connections at once: one each, and with
-/// authorize rules (`judged`) one more each, so that while `served` are
-/// served the spares accept and judge the next clients (as Windows' spare
-/// instances do). Without rules a client is let in as soon as it is
+/// authorize rules or a per-user limit (`judged`) one more each, so that
+/// while `served` are served the spares accept and judge the next clients
+/// (as Windows' spare instances do). Unjudged, a client is let in as soon as it is
 /// accepted (its peer credentials come with it), and spares would only
 /// add a hand-off per connection. Clients beyond the slots wait in the
 /// listen backlog.
@@ -180,8 +180,9 @@ fn at(path: &Path, e: io::Error) -> io::Error {
 /// Binds the socket and returns one slot per instance.
 ///
 /// The socket is bound inside a fresh directory only the owner can enter,
-/// set to mode 0600, and only then linked into place, so no other user can
-/// reach it with looser permissions even for an instant. A socket file left
+/// given its group and mode there (`0600` and the server's group unless
+/// asked otherwise), and only then linked into place, so nobody can reach
+/// it with other permissions even for an instant. A socket file left
 /// by a dead server (connecting is refused) is replaced; a live server's
 /// socket and any other file are left alone (`AddrInUse`).
 pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
@@ -203,7 +204,11 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
     let private = private_dir(&parent).map_err(|e| at(path, e))?;
     let staged = private.join("s");
     let bound = UnixListener::bind(&staged)
-        .and_then(|l| fs::set_permissions(&staged, fs::Permissions::from_mode(0o600)).map(|()| l))
+        .and_then(|l| set_group(&staged, opts.socket_group).map(|()| l))
+        .and_then(|l| {
+            let mode = fs::Permissions::from_mode(opts.socket_mode);
+            fs::set_permissions(&staged, mode).map(|()| l)
+        })
         .and_then(|l| fs::hard_link(&staged, path).map(|()| l));
     let _ = fs::remove_file(&staged);
     let _ = fs::remove_dir(&private);
@@ -225,6 +230,24 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
         .map(|_| PipeSlot { file: file.clone() })
         .collect();
     Ok(Bound { file, slots })
+}
+
+/// Gives the staged socket its group, if asked: the server's user must be
+/// in it (or be root).
+fn set_group(staged: &Path, gid: Option<u32>) -> io::Result<()> {
+    let Some(gid) = gid else { return Ok(()) };
+    std::os::unix::fs::chown(staged, None, Some(gid)).map_err(|e| {
+        let hint = match e.kind() {
+            io::ErrorKind::PermissionDenied => {
+                " (a server may give its socket only a group its user is in)"
+            }
+            _ => "",
+        };
+        io::Error::new(
+            e.kind(),
+            format!("giving the socket group {gid}: {e}{hint}"),
+        )
+    })
 }
 
 fn in_use(path: &Path) -> io::Error {

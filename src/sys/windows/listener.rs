@@ -277,8 +277,8 @@ impl Slot for PipeSlot {
 /// Reads who the client is with `user_now`. Where Windows has no client
 /// context to act as yet (`ERROR_CANNOT_IMPERSONATE`: a client that opened
 /// the pipe with dynamic context tracking is captured with its writes) and
-/// the client is to be `judged` by rules, its first bytes are read first
-/// (and kept for the connection); unjudged, a client that says nothing
+/// the client is to be `judged` (by rules, or its user's share), its first
+/// bytes are read first (and kept for the connection); unjudged, a client that says nothing
 /// first (a protocol where the server speaks first) is not kept waiting,
 /// and its user stays unknown.
 async fn identify_with(
@@ -353,6 +353,8 @@ mod tests {
             first_pipe_instance: true,
             security: Security::OwnerOnly,
             strict_dir: false,
+            socket_mode: 0o600,
+            socket_group: None,
             keep_at_most: 16 * 1024,
         };
         let mut bound = bind(&path, &opts).unwrap();

@@ -1,0 +1,533 @@
+//! Serving many users: each user's share of the pool
+//! (`max_connections_per_user`), the fair order of clients waiting for a
+//! place, and (Unix) who may connect to a bound socket (`socket_mode`,
+//! `socket_group`).
+//!
+//! The share with one user runs everywhere (Wine has one user). The tests
+//! with several users need real second uids: on Unix, as root, clients run
+//! in child processes (this test binary, re-run as `child_client` under
+//! another uid); elsewhere they say so and check what one user can.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::StreamExt;
+use pipeserve::{Client, Server};
+
+/// Waits until `cond` holds of the server's stats.
+async fn until_stats(handle: &pipeserve::Handle, cond: impl Fn(&pipeserve::Stats) -> bool) {
+    within(20, async {
+        while !cond(&handle.stats()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_connection_over_its_share_is_refused_at_once_and_served_once_one_closes() {
+    within(60, async {
+        let server = start_echo(
+            "share",
+            Server::builder().instances(4).max_connections_per_user(2),
+        );
+        let (c1, c2) = (
+            Client::connect(&server.name).await.unwrap(),
+            Client::connect(&server.name).await.unwrap(),
+        );
+        assert_eq!(c1.call(Bytes::from("one")).await.unwrap(), "one");
+        assert_eq!(c2.call(Bytes::from("two")).await.unwrap(), "two");
+        // The third, with places to spare: refused, never served.
+        let c3 = Client::connect(&server.name).await.unwrap();
+        assert!(c3.call(Bytes::from("three")).await.is_err());
+        let stats = server.handle.stats();
+        assert_eq!((stats.refused, stats.refused_per_user), (1, 1), "{stats:?}");
+        assert_eq!(stats.requests, 2, "a refused client was served: {stats:?}");
+        // One closes: the user is within its share again.
+        drop(c1);
+        until_stats(&server.handle, |s| s.active == 1).await;
+        let c4 = Client::connect(&server.name).await.unwrap();
+        assert_eq!(c4.call(Bytes::from("four")).await.unwrap(), "four");
+        assert_eq!(c2.call(Bytes::from("still")).await.unwrap(), "still");
+        drop((c2, c3, c4));
+        let summary = server.stop().await;
+        assert_eq!(summary.stats.refused_per_user, 1);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_share_holds_for_connections_handed_out_by_into_incoming() {
+    within(60, async {
+        let name = unique_name("share-incoming");
+        let server = Server::builder()
+            .instances(2)
+            .max_connections_per_user(1)
+            .bind(&name)
+            .unwrap();
+        let handle = server.handle();
+        let mut incoming = server.into_incoming();
+        let first_client = raw_connect(&name).await;
+        let first = incoming.next().await.unwrap().unwrap();
+        // The same user again while the first is held: refused, not handed out.
+        let mut second = raw_connect(&name).await;
+        assert_eq!(
+            read_frame(&mut second).await,
+            None,
+            "refused: closed at once"
+        );
+        until_stats(&handle, |s| s.refused_per_user == 1).await;
+        // Held until its instance lets it go: after its client closes too.
+        drop((first, first_client));
+        let _third_client = raw_connect(&name).await;
+        let third = incoming.next().await.unwrap().unwrap();
+        assert_eq!(third.info().id(), 3, "the refused client had id 2");
+        assert_eq!(handle.stats().connections, 2);
+    })
+    .await
+}
+
+#[test]
+fn a_share_of_zero_is_a_config_error() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _guard = runtime.enter();
+    let err = Server::builder()
+        .max_connections_per_user(0)
+        .bind(&unique_name("share-zero"))
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+}
+
+/// Several users, for real: clients in child processes under other uids.
+#[cfg(unix)]
+mod unix {
+    use std::{
+        fs,
+        io::{BufRead, BufReader, Read, Write},
+        os::unix::{
+            fs::{MetadataExt, PermissionsExt},
+            net::UnixStream,
+            process::CommandExt,
+        },
+        path::{Path, PathBuf},
+        process::{Child, Command, Stdio},
+        sync::{
+            atomic::{AtomicBool, AtomicUsize, Ordering},
+            Arc,
+        },
+        time::Duration,
+    };
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use pipeserve::{server::authorize, Client, ConnectionInfo, Server};
+
+    use super::{unique_name, until_stats, within};
+
+    /// Two uids and a group that are not root's and not each other's.
+    const ALICE: u32 = 64001;
+    const BOB: u32 = 64002;
+    const STAFF: u32 = 64010;
+
+    fn as_root() -> bool {
+        let root = pipeserve::User::current().unwrap().uid() == 0;
+        if !root {
+            eprintln!("not root: cannot run clients as other uids; skipped");
+        }
+        root
+    }
+
+    /// A directory anyone may enter, for a socket other users reach.
+    fn open_dir(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(unique_name(tag));
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    /// What a child client did with its connections.
+    #[derive(Debug, Default, PartialEq, Eq)]
+    struct Report {
+        /// Answered.
+        served: usize,
+        /// Closed by the server without a reply.
+        refused: usize,
+        /// Neither within the wait (waiting for a place, or just holding).
+        waiting: usize,
+        /// Connecting failed with `EACCES`.
+        denied: usize,
+    }
+
+    /// A child process running as `uid`/`gid` with `connections` to `path`,
+    /// holding them until dropped.
+    struct Clients {
+        child: Child,
+        /// The rest of its output, read to the end on close.
+        stdout: BufReader<std::process::ChildStdout>,
+        report: Report,
+    }
+
+    impl Clients {
+        /// Starts the child; `call`: each connection sends a request and
+        /// waits for the reply, else it only connects.
+        fn start(uid: u32, gid: u32, path: &Path, connections: usize, call: bool) -> Clients {
+            let mut child = Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "unix::child_client",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env("PIPESERVE_CHILD_PATH", path)
+                .env("PIPESERVE_CHILD_CONNECTIONS", connections.to_string())
+                .env("PIPESERVE_CHILD_CALL", if call { "1" } else { "0" })
+                .uid(uid)
+                .gid(gid)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdout = BufReader::new(child.stdout.take().unwrap());
+            // The test harness may have begun the line ("test ... ").
+            let line = (&mut stdout)
+                .lines()
+                .map(Result::unwrap)
+                .find_map(|l| Some(l[l.find("served=")?..].to_owned()))
+                .expect("the child reported");
+            let field = |name: &str| -> usize {
+                line.split(' ')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            let report = Report {
+                served: field("served"),
+                refused: field("refused"),
+                waiting: field("waiting"),
+                denied: field("denied"),
+            };
+            Clients {
+                child,
+                stdout,
+                report,
+            }
+        }
+
+        /// Closes every connection: the child exits.
+        fn close(mut self) {
+            drop(self.child.stdin.take());
+            let _ = self.stdout.read_to_end(&mut Vec::new());
+            assert!(self.child.wait().unwrap().success());
+        }
+    }
+
+    /// The child half of the tests here: runs only when started by
+    /// `Clients::start`, as another uid.
+    #[test]
+    fn child_client() {
+        let Some(path) = std::env::var_os("PIPESERVE_CHILD_PATH") else {
+            return;
+        };
+        let connections: usize = std::env::var("PIPESERVE_CHILD_CONNECTIONS")
+            .unwrap()
+            .parse()
+            .unwrap();
+        let call = std::env::var("PIPESERVE_CHILD_CALL").unwrap() == "1";
+        let mut report = Report::default();
+        let mut held = Vec::new();
+        for i in 0..connections {
+            let mut stream = match UnixStream::connect(&path) {
+                Ok(stream) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    report.denied += 1;
+                    continue;
+                }
+                Err(e) => panic!("connect: {e}"),
+            };
+            if call {
+                let body = format!("request {i}");
+                let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(body.as_bytes());
+                let _ = stream.write_all(&frame);
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                let mut reply = vec![0; frame.len()];
+                match stream.read_exact(&mut reply) {
+                    Ok(()) if reply == frame => report.served += 1,
+                    Ok(()) => panic!("a wrong reply: {reply:?}"),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => report.waiting += 1,
+                    Err(_) => report.refused += 1, // EOF or reset
+                }
+            } else {
+                report.waiting += 1;
+            }
+            held.push(stream);
+        }
+        println!(
+            "served={} refused={} waiting={} denied={}",
+            report.served, report.refused, report.waiting, report.denied
+        );
+        // Hold the connections until the parent closes stdin.
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_holding_twenty_connections_gets_its_share_and_other_users_are_served_at_once() {
+        if !as_root() {
+            return;
+        }
+        within(120, async {
+            let dir = open_dir("share-uids");
+            let path = dir.join("s.sock");
+            let server = Server::builder()
+                .instances(4)
+                .max_connections_per_user(2)
+                .socket_mode(0o666)
+                .bind(path.to_str().unwrap())
+                .unwrap();
+            let handle = server.handle();
+            let echo =
+                tower::service_fn(
+                    |req: Bytes| async move { Ok::<_, std::convert::Infallible>(req) },
+                );
+            let serving = tokio::spawn(server.serve(echo));
+
+            let p = path.clone();
+            let alice =
+                tokio::task::spawn_blocking(move || Clients::start(ALICE, ALICE, &p, 20, true))
+                    .await
+                    .unwrap();
+            assert_eq!(
+                alice.report,
+                Report {
+                    served: 2,
+                    refused: 18,
+                    ..Report::default()
+                },
+                "alice's 20 connections"
+            );
+            let stats = handle.stats();
+            assert_eq!(
+                (stats.refused, stats.refused_per_user),
+                (18, 18),
+                "{stats:?}"
+            );
+            assert_eq!(
+                stats.requests, 2,
+                "refused before a byte was served: {stats:?}"
+            );
+            // While alice holds her share, bob and root are served.
+            let p = path.clone();
+            let bob = tokio::task::spawn_blocking(move || Clients::start(BOB, BOB, &p, 1, true))
+                .await
+                .unwrap();
+            assert_eq!(
+                bob.report,
+                Report {
+                    served: 1,
+                    ..Report::default()
+                }
+            );
+            let me = Client::connect(path.to_str().unwrap()).await.unwrap();
+            assert_eq!(me.call(Bytes::from("root")).await.unwrap(), "root");
+            // Alice closes hers: she is served again.
+            alice.close();
+            until_stats(&handle, |s| s.active == 2).await;
+            let p = path.clone();
+            let again =
+                tokio::task::spawn_blocking(move || Clients::start(ALICE, ALICE, &p, 2, true))
+                    .await
+                    .unwrap();
+            assert_eq!(
+                again.report,
+                Report {
+                    served: 2,
+                    ..Report::default()
+                }
+            );
+            again.close();
+            bob.close();
+            drop(me);
+            handle.shutdown();
+            let summary = serving.await.unwrap().unwrap();
+            assert_eq!(summary.stats.refused_per_user, 18);
+            fs::remove_dir_all(&dir).unwrap();
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_freed_place_goes_to_the_user_with_fewer_served_before_one_that_waited_longer() {
+        if !as_root() {
+            return;
+        }
+        within(120, async {
+            let dir = open_dir("fair-uids");
+            let path = dir.join("s.sock");
+            let server = Server::builder()
+                .instances(2)
+                .max_connections_per_user(4)
+                .socket_mode(0o666)
+                .bind(path.to_str().unwrap())
+                .unwrap();
+            let handle = server.handle();
+            let mut incoming = server.into_incoming();
+            let uid = |c: &pipeserve::server::Connection| c.info().user().unwrap().uid();
+            // Two places and two spare accept slots. Alice: two served (held
+            // here), one waiting.
+            let p = path.clone();
+            let alice =
+                tokio::task::spawn_blocking(move || Clients::start(ALICE, ALICE, &p, 3, false))
+                    .await
+                    .unwrap();
+            let a1 = incoming.next().await.unwrap().unwrap();
+            let a2 = incoming.next().await.unwrap().unwrap();
+            assert_eq!((uid(&a1), uid(&a2)), (ALICE, ALICE));
+            until_stats(&handle, |s| s.waiting == 1).await;
+            // Then bob, waiting behind alice's third.
+            let p = path.clone();
+            let bob = tokio::task::spawn_blocking(move || Clients::start(BOB, BOB, &p, 1, false))
+                .await
+                .unwrap();
+            until_stats(&handle, |s| s.waiting == 2).await;
+            // Alice still has one served, bob none: bob's turn.
+            drop(a1);
+            let next = incoming.next().await.unwrap().unwrap();
+            assert_eq!(uid(&next), BOB, "a place went to the user with more served");
+            // Then alice's third.
+            drop(next);
+            let next = incoming.next().await.unwrap().unwrap();
+            assert_eq!(uid(&next), ALICE);
+            drop((a2, next));
+            alice.close();
+            bob.close();
+            fs::remove_dir_all(&dir).unwrap();
+        })
+        .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_socket_of_mode_0660_and_a_group_lets_its_members_in_and_keeps_others_out() {
+        if !as_root() {
+            return;
+        }
+        within(120, async {
+            let dir = open_dir("group-uids");
+            let path = dir.join("s.sock");
+            let server = Server::builder()
+                .socket_mode(0o660)
+                .socket_group(STAFF)
+                .authorize(authorize::group_gid(STAFF))
+                .bind(path.to_str().unwrap())
+                .unwrap();
+            let md = fs::symlink_metadata(&path).unwrap();
+            assert_eq!((md.mode() & 0o7777, md.gid()), (0o660, STAFF));
+            // An echo that notes who the server sees.
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let make = {
+                let seen = seen.clone();
+                tower::service_fn(move |info: ConnectionInfo| {
+                    let user = info.user().unwrap();
+                    seen.lock().unwrap().push((user.uid(), user.gid()));
+                    async move {
+                        Ok::<_, std::convert::Infallible>(tower::service_fn(
+                            |req: Bytes| async move { Ok::<_, std::convert::Infallible>(req) },
+                        ))
+                    }
+                })
+            };
+            let handle = server.handle();
+            let serving = tokio::spawn(server.serve_make(make));
+            // A member (primary group STAFF): in, as who it is.
+            let p = path.clone();
+            let member =
+                tokio::task::spawn_blocking(move || Clients::start(ALICE, STAFF, &p, 1, true))
+                    .await
+                    .unwrap();
+            assert_eq!(
+                member.report,
+                Report {
+                    served: 1,
+                    ..Report::default()
+                }
+            );
+            assert_eq!(*seen.lock().unwrap(), [(ALICE, Some(STAFF))]);
+            // Anyone else: the socket refuses them (EACCES), the server never sees them.
+            let p = path.clone();
+            let other = tokio::task::spawn_blocking(move || Clients::start(BOB, BOB, &p, 1, true))
+                .await
+                .unwrap();
+            assert_eq!(
+                other.report,
+                Report {
+                    denied: 1,
+                    ..Report::default()
+                }
+            );
+            member.close();
+            other.close();
+            assert_eq!(handle.stats().refused, 0);
+            assert_eq!(seen.lock().unwrap().len(), 1);
+            handle.shutdown();
+            serving.await.unwrap().unwrap();
+            fs::remove_dir_all(&dir).unwrap();
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_socket_given_a_mode_and_group_is_never_seen_with_others_while_binding() {
+        if !as_root() {
+            return;
+        }
+        let dir = open_dir("group-watch");
+        let path = dir.join("s.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let watcher = {
+            let (path, stop, seen) = (path.clone(), stop.clone(), seen.clone());
+            std::thread::spawn(move || {
+                let mut bad = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(md) = fs::symlink_metadata(&path) {
+                        seen.fetch_add(1, Ordering::Relaxed);
+                        let got = (md.mode() & 0o7777, md.gid());
+                        if got != (0o660, STAFF) {
+                            bad.push(got);
+                        }
+                    }
+                }
+                bad
+            })
+        };
+        for _ in 0..50 {
+            let sightings = seen.load(Ordering::Relaxed);
+            let server = Server::builder()
+                .socket_mode(0o660)
+                .socket_group(STAFF)
+                .bind(path.to_str().unwrap())
+                .unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while seen.load(Ordering::Relaxed) == sightings {
+                assert!(std::time::Instant::now() < deadline, "never saw the socket");
+                std::thread::yield_now();
+            }
+            drop(server);
+        }
+        stop.store(true, Ordering::Relaxed);
+        let bad = watcher.join().unwrap();
+        assert!(
+            bad.is_empty(),
+            "seen with other permissions: {:?}",
+            &bad[..bad.len().min(5)]
+        );
+        // Nothing left behind in the directory: no staging directory.
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
