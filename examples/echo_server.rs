@@ -2,21 +2,28 @@
 //!
 //! ```text
 //! cargo run --example echo_server -- [--name] NAME [--instances N] [--framing len|message|line]
-//!                                    [--max-frame BYTES] [--delay-ms MS]
+//!                                    [--max-frame BYTES] [--delay-ms MS] [--per-user N]
+//!                                    [--socket-mode OCTAL] [--socket-group GID]
+//!                                    [--allow authenticated|interactive|low-integrity|app-containers]...
 //! ```
 //!
 //! Prints exactly one line, `listening on ADDRESS`, to stdout once every
 //! instance is ready (ADDRESS: the full pipe path or the socket path), then
 //! serves until Ctrl-C (SIGINT), shuts down gracefully (requests already read
 //! are answered) and exits 0. With `--delay-ms`, the service sleeps that long
-//! before each reply. Logs go to stderr; set `RUST_LOG=pipeserve=debug` to
-//! see why connections close. An unknown flag prints the usage to stderr and
+//! before each reply. `--per-user N` lets each user hold at most N
+//! connections (`max_connections_per_user`). Who may connect: on Unix
+//! `--socket-mode` (octal, e.g. `0660`) and `--socket-group` (a gid) set the
+//! socket's permissions; on Windows each `--allow` adds a preset (also
+//! `system`, `administrators` or a SID) to the pipe's descriptor. Options of
+//! the other platform are accepted and ignored. Logs go to stderr; set
+//! `RUST_LOG=pipeserve=debug` to see why connections close or are refused. An unknown flag prints the usage to stderr and
 //! exits 2; `--help` prints it to stdout and exits 0.
 
 use std::{convert::Infallible, io::Write, time::Duration};
 
 use bytes::Bytes;
-use pipeserve::{codec::Framing, Server};
+use pipeserve::{codec::Framing, server::Allow, Server};
 
 struct Args {
     name: String,
@@ -24,9 +31,22 @@ struct Args {
     framing: Framing,
     max_frame: Option<usize>,
     delay: Option<Duration>,
+    per_user: Option<usize>,
+    socket_mode: Option<u32>,
+    socket_group: Option<u32>,
+    allow: Vec<Allow>,
 }
 
-const USAGE: &str = "usage: echo_server [--name] NAME [--instances N] [--framing len|message|line] [--max-frame BYTES] [--delay-ms MS]";
+const USAGE: &str =
+    "usage: echo_server [--name] NAME [--instances N] [--framing len|message|line] \
+[--max-frame BYTES] [--delay-ms MS] [--per-user N] [--socket-mode OCTAL] [--socket-group GID] \
+[--allow authenticated|interactive|low-integrity|app-containers|system|administrators|SID]...";
+
+/// An octal mode: `0660`, `660` or `0o660`.
+fn octal(value: &str) -> Result<u32, String> {
+    let digits = value.strip_prefix("0o").unwrap_or(value);
+    u32::from_str_radix(digits, 8).map_err(|e| format!("invalid octal mode {value:?}: {e}"))
+}
 
 /// The arguments; `--help` prints the usage and exits 0.
 fn parse_args() -> Result<Args, lexopt::Error> {
@@ -37,6 +57,10 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         framing: Framing::LengthDelimited,
         max_frame: None,
         delay: None,
+        per_user: None,
+        socket_mode: None,
+        socket_group: None,
+        allow: Vec::new(),
     };
     let mut parser = lexopt::Parser::from_env();
     let mut named = false;
@@ -54,6 +78,10 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("framing") => args.framing = parser.value()?.parse()?,
             Long("max-frame") => args.max_frame = Some(parser.value()?.parse()?),
             Long("delay-ms") => args.delay = Some(Duration::from_millis(parser.value()?.parse()?)),
+            Long("per-user") => args.per_user = Some(parser.value()?.parse()?),
+            Long("socket-mode") => args.socket_mode = Some(parser.value()?.parse_with(octal)?),
+            Long("socket-group") => args.socket_group = Some(parser.value()?.parse()?),
+            Long("allow") => args.allow.push(parser.value()?.parse()?),
             Short('h') | Long("help") => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -84,6 +112,18 @@ async fn main() {
         .framing(args.framing);
     if let Some(max) = args.max_frame {
         builder = builder.max_frame_len(max);
+    }
+    if let Some(n) = args.per_user {
+        builder = builder.max_connections_per_user(n);
+    }
+    if let Some(mode) = args.socket_mode {
+        builder = builder.socket_mode(mode);
+    }
+    if let Some(gid) = args.socket_group {
+        builder = builder.socket_group(gid);
+    }
+    for who in args.allow {
+        builder = builder.allow(who);
     }
     let server = builder.bind(&args.name).unwrap_or_else(|e| {
         eprintln!("echo_server: {e}");

@@ -53,6 +53,13 @@ pub fn dacl_sddl(handle: std::os::windows::io::BorrowedHandle<'_>) -> std::io::R
     measure::dacl_sddl(handle)
 }
 
+/// The mandatory label of the pipe behind `handle`, as SDDL
+/// (`S:(ML;;NW;;;LW)`), empty when it has none.
+#[cfg(windows)]
+pub fn label_sddl(handle: std::os::windows::io::BorrowedHandle<'_>) -> std::io::Result<String> {
+    measure::label_sddl(handle)
+}
+
 /// The SID of the user this thread is impersonating, or `None` when it is
 /// not impersonating.
 #[cfg(windows)]

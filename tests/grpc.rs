@@ -73,13 +73,19 @@ impl Echo for TestEcho {
 /// A tonic server over a fresh pipe name; `stop` sends the shutdown signal.
 struct Grpc {
     name: String,
+    handle: pipeserve::Handle,
     stop: Option<oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
 }
 
 fn start(tag: &str, instances: usize) -> Grpc {
+    start_with(tag, Server::builder().instances(instances))
+}
+
+fn start_with(tag: &str, builder: pipeserve::server::Builder) -> Grpc {
     let name = unique_name(tag);
-    let pipe = Server::builder().instances(instances).bind(&name).unwrap();
+    let pipe = builder.bind(&name).unwrap();
+    let handle = pipe.handle();
     let (stop, stopped) = oneshot::channel::<()>();
     let (_reporter, health) = tonic_health::server::health_reporter();
     let task = tokio::spawn(
@@ -92,6 +98,7 @@ fn start(tag: &str, instances: usize) -> Grpc {
     );
     Grpc {
         name,
+        handle,
         stop: Some(stop),
         task,
     }
@@ -99,6 +106,10 @@ fn start(tag: &str, instances: usize) -> Grpc {
 
 impl Grpc {
     async fn channel(&self) -> Channel {
+        self.try_channel().await.unwrap()
+    }
+
+    async fn try_channel(&self) -> Result<Channel, tonic::transport::Error> {
         Endpoint::from_static("http://localhost")
             .connect_with_connector(
                 Connector::new(&self.name)
@@ -106,7 +117,6 @@ impl Grpc {
                     .connect_timeout(Duration::from_secs(30)),
             )
             .await
-            .unwrap()
     }
 
     async fn stop(mut self) {
@@ -153,6 +163,40 @@ async fn unary_and_server_streaming_calls_over_the_pipe_know_the_clients_pid() {
         }
         assert_eq!(seen, (0..50).collect::<Vec<_>>());
         drop(echo);
+        server.stop().await;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_grpc_channel_over_its_share_is_refused_and_its_first_served() {
+    within(60, async {
+        let server = start_with(
+            "grpc-share",
+            Server::builder().instances(2).max_connections_per_user(1),
+        );
+        let echo_once = |channel: Channel| async move {
+            EchoClient::new(channel)
+                .echo(EchoRequest {
+                    payload: b"hi".to_vec(),
+                })
+                .await
+        };
+        let first = server.channel().await;
+        assert_eq!(
+            echo_once(first.clone()).await.unwrap().into_inner().payload,
+            b"hi"
+        );
+        // A second channel of the same user, with a place to spare: refused,
+        // at its handshake or its first call.
+        let refused = match server.try_channel().await {
+            Err(_) => true,
+            Ok(second) => echo_once(second).await.is_err(),
+        };
+        assert!(refused, "a channel over the share was served");
+        // At least once: the channel may try to reconnect, refused again.
+        assert!(server.handle.stats().refused_per_user >= 1);
+        assert!(echo_once(first).await.is_ok(), "the first channel stopped");
         server.stop().await;
     })
     .await

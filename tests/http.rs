@@ -105,6 +105,35 @@ async fn get_text(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_http_connection_over_its_share_is_refused_and_its_kept_alive_one_served() {
+    within(60, async {
+        let server = start_with(
+            "http-share",
+            Server::builder().instances(2).max_connections_per_user(1),
+        );
+        // One kept-alive connection: the user's share.
+        let first = server.client(true);
+        assert_eq!(get_text(&first, "/health").await.2, "ok");
+        // Another connection of the same user, with a place to spare.
+        let second = server.client(true);
+        let refused = second.get("http://localhost/health".parse().unwrap()).await;
+        assert!(refused.is_err(), "served over its share: {refused:?}");
+        assert_eq!(server.handle.stats().refused_per_user, 1);
+        // The kept-alive one goes on.
+        assert_eq!(get_text(&first, "/health").await.2, "ok");
+        // Once it is gone, a new connection is served.
+        drop((first, second));
+        while server.handle.stats().active > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(get_text(&server.client(false), "/health").await.2, "ok");
+        let summary = server.stop().await;
+        assert_eq!((summary.stats.refused, summary.requests), (1, 3));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_axum_router_answers_http1_and_http2_on_the_same_pipe() {
     within(60, async {
         let server = start("http-versions", 2);

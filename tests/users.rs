@@ -80,8 +80,10 @@ async fn the_share_holds_for_connections_handed_out_by_into_incoming() {
             "refused: closed at once"
         );
         until_stats(&handle, |s| s.refused_per_user == 1).await;
-        // Held until its instance lets it go: after its client closes too.
+        // Held until its instance lets it go: after its client closes too,
+        // once the server has seen it close.
         drop((first, first_client));
+        until_stats(&handle, |s| s.active == 0).await;
         let _third_client = raw_connect(&name).await;
         let third = incoming.next().await.unwrap().unwrap();
         assert_eq!(third.info().id(), 3, "the refused client had id 2");

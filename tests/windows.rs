@@ -462,6 +462,122 @@ async fn a_custom_sddl_is_the_pipes_dacl() {
     assert!(sddl.ends_with(";;;AU)"), "{sddl}");
 }
 
+/// The DACL and the mandatory label of a pipe served by `builder`, read
+/// back through a client's handle.
+fn descriptor_of(tag: &str, builder: pipeserve::server::Builder) -> (String, String) {
+    use std::os::windows::io::AsHandle;
+    let name = unique_name(tag);
+    let _server = builder.bind(&name).unwrap();
+    let address = pipeserve::Address::new(&name).unwrap();
+    let client = ClientOptions::new().open(address.as_path()).unwrap();
+    (
+        pipeserve::test_util::dacl_sddl(client.as_handle()).unwrap(),
+        pipeserve::test_util::label_sddl(client.as_handle()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn each_access_preset_writes_its_dacl_and_label_and_no_one_else_may_create_instances() {
+    use pipeserve::server::Allow;
+    let me = pipeserve::User::current().unwrap();
+    let owner = format!("D:P(A;;GA;;;{})", me.sid());
+    // What a client may do: FILE_GENERIC_READ | FILE_WRITE_DATA |
+    // FILE_WRITE_ATTRIBUTES, without FILE_CREATE_PIPE_INSTANCE (0x4).
+    let client = "(A;;0x12018b;;;";
+    let low = "S:(ML;;NW;;;LW)";
+    // (preset, the SID as SDDL writes it (alias or string), label)
+    let cases = [
+        (Allow::System, "SY", ""),
+        (Allow::Administrators, "BA", ""),
+        (Allow::AuthenticatedUsers, "AU", ""),
+        (Allow::InteractiveUsers, "IU", ""),
+        (
+            Allow::Sid("S-1-5-21-1-2-3-1001".into()),
+            "S-1-5-21-1-2-3-1001",
+            "",
+        ),
+        (Allow::AppContainers, "AC", low),
+    ];
+    for (allow, sid, label) in cases {
+        let tag = format!("preset-{allow}").replace(['-', ' '], "");
+        let (dacl, got_label) = descriptor_of(&tag, Server::builder().allow(allow.clone()));
+        // A reader may print a well-known SID as its alias or its string.
+        let as_string = match sid {
+            "SY" => "S-1-5-18",
+            "BA" => "S-1-5-32-544",
+            "AU" => "S-1-5-11",
+            "IU" => "S-1-5-4",
+            "AC" => "S-1-15-2-1",
+            other => other,
+        };
+        assert!(
+            dacl == format!("{owner}{client}{sid})")
+                || dacl == format!("{owner}{client}{as_string})"),
+            "{allow}: {dacl}"
+        );
+        assert_eq!(got_label, label, "{allow}");
+    }
+    // Low integrity is a label, not an entry.
+    let (dacl, label) = descriptor_of("preset-low", Server::builder().allow(Allow::LowIntegrity));
+    assert_eq!((dacl.as_str(), label.as_str()), (owner.as_str(), low));
+    // Several: each once, in order, and one label.
+    let (dacl, label) = descriptor_of(
+        "preset-many",
+        Server::builder()
+            .allow(Allow::InteractiveUsers)
+            .allow(Allow::LowIntegrity)
+            .allow(Allow::InteractiveUsers)
+            .allow(Allow::AppContainers),
+    );
+    assert!(dacl.starts_with(&owner), "{dacl}");
+    assert_eq!(dacl.matches(client).count(), 2, "{dacl}");
+    assert_eq!(dacl.matches("GA").count(), 1, "{dacl}");
+    assert_eq!(label, low);
+    // Without presets the default is as it was: SYSTEM and the server's user.
+    let (dacl, label) = descriptor_of("preset-none", Server::builder());
+    assert_eq!(dacl, format!("D:P(A;;GA;;;SY)(A;;GA;;;{})", me.sid()));
+    assert_eq!(label, "");
+}
+
+#[tokio::test]
+async fn presets_with_sddl_or_a_malformed_sid_are_config_errors() {
+    use pipeserve::server::Allow;
+    let err = Server::builder()
+        .sddl(Some("D:P(A;;GA;;;OW)"))
+        .allow(Allow::AuthenticatedUsers)
+        .bind(&unique_name("preset-sddl"))
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+    assert!(err.to_string().contains("sddl and allow"), "{err}");
+    let err = Server::builder()
+        .allow(Allow::Sid("S-1-1-0)(A;;GA;;;WD".into()))
+        .bind(&unique_name("preset-inject"))
+        .unwrap_err();
+    assert!(err.is_config(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipe_named_under_local_is_served_as_appcontainers_reach_it() {
+    within(60, async {
+        let name = format!(r"\\.\pipe\LOCAL\{}", unique_name("local"));
+        let server = Server::builder()
+            .allow(pipeserve::server::Allow::AppContainers)
+            .bind(&name)
+            .unwrap();
+        assert_eq!(server.local_addr().to_string(), name);
+        let handle = server.handle();
+        let serving = tokio::spawn(server.serve(tower::service_fn(|req: Bytes| async move {
+            Ok::<_, std::convert::Infallible>(req)
+        })));
+        let client = Client::connect(&name).await.unwrap();
+        assert_eq!(client.call(Bytes::from("local")).await.unwrap(), "local");
+        drop(client);
+        handle.shutdown();
+        serving.await.unwrap().unwrap();
+    })
+    .await
+}
+
 #[tokio::test]
 async fn an_invalid_sddl_is_a_config_error() {
     let err = Server::builder()

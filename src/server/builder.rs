@@ -5,6 +5,7 @@ use std::{fmt, sync::Arc, time::Duration};
 use tracing::info;
 
 use super::{
+    access::Allow,
     authorize::Authorize,
     dispatch::ConnConfig,
     frame_server::FrameOptions,
@@ -98,9 +99,35 @@ struct PipeOptions {
     reject_remote_clients: bool,
     first_pipe_instance: bool,
     security: sys::Security,
+    allow: Vec<Allow>,
     strict_dir: bool,
     socket_mode: u32,
     socket_group: Option<u32>,
+}
+
+impl PipeOptions {
+    /// The pipe's descriptor: the SDDL (or default) set, or the one written
+    /// from [`Builder::allow`].
+    fn security(&self) -> Result<sys::Security, Error> {
+        if self.allow.is_empty() {
+            return Ok(self.security.clone());
+        }
+        if !matches!(self.security, sys::Security::OwnerOnly) {
+            return Err(Error::config(
+                "sddl and allow both say who may connect: set one of them",
+            ));
+        }
+        let (mut sids, mut low_label) = (Vec::<String>::new(), false);
+        for who in &self.allow {
+            who.check()?;
+            let (sid, low) = who.grant();
+            low_label |= low;
+            if let Some(sid) = sid.filter(|sid| !sids.iter().any(|s| s == sid)) {
+                sids.push(sid.to_owned());
+            }
+        }
+        Ok(sys::Security::Allow { sids, low_label })
+    }
 }
 
 /// Builds a [`Server`]: every option, then [`bind`](Builder::bind).
@@ -157,6 +184,7 @@ impl Default for Builder {
                 reject_remote_clients: true,
                 first_pipe_instance: true,
                 security: sys::Security::OwnerOnly,
+                allow: Vec::new(),
                 strict_dir: true,
                 socket_mode: 0o600,
                 socket_group: None,
@@ -352,12 +380,50 @@ impl<F, E> Builder<F, E> {
     /// FILE_WRITE_ATTRIBUTES` (`0x12018b`; the last is needed to switch a
     /// client handle to message read mode), e.g.
     /// `"D:P(A;;GA;;;SY)(A;;GA;;;OW)(A;;0x12018b;;;AU)"` for every
-    /// authenticated user. See `docs/security.md`.
+    /// authenticated user: [`allow`](Builder::allow) writes such
+    /// descriptors for you. Set one or the other, not both. See
+    /// `docs/security.md`.
     pub fn sddl(mut self, sddl: Option<&str>) -> Self {
         self.pipe.security = match sddl {
             Some(sddl) => sys::Security::Sddl(sddl.to_owned()),
             None => sys::Security::SystemDefault,
         };
+        self
+    }
+
+    /// Lets `who` connect to the pipe, beside the server's own user: the
+    /// descriptor is written for you, instead of SDDL
+    /// ([`sddl`](Builder::sddl), which cannot be set as well). Windows only;
+    /// on Unix see [`socket_mode`](Builder::socket_mode).
+    ///
+    /// Called once or more, the pipe's DACL is the server's user with full
+    /// control, the only one that may create instances of the name, and
+    /// each user or group allowed with the rights of a client
+    /// (`0x12018b`: read, write data and attributes); SYSTEM, which the
+    /// default lets in, only if allowed too. [`Allow::LowIntegrity`] and
+    /// [`Allow::AppContainers`] give the pipe a low mandatory label as well.
+    /// The descriptor decides who may open the pipe at all; the
+    /// [`authorize`](Builder::authorize) rules and the
+    /// [per-user limit](Builder::max_connections_per_user) then judge each
+    /// client that did. See the [`Allow`] presets and `docs/security.md`.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use pipeserve::server::Allow;
+    ///
+    /// # fn run() -> Result<(), pipeserve::Error> {
+    /// // A service for every user at the console, and the user's sandboxed
+    /// // processes: no SDDL, no FILE_CREATE_PIPE_INSTANCE for them.
+    /// let server = pipeserve::Server::builder()
+    ///     .allow(Allow::InteractiveUsers)
+    ///     .allow(Allow::LowIntegrity)
+    ///     .max_connections_per_user(4)
+    ///     .bind("myservice")?;
+    /// # Ok(()) }
+    /// ```
+    pub fn allow(mut self, who: Allow) -> Self {
+        self.pipe.allow.push(who);
         self
     }
 
@@ -488,9 +554,13 @@ impl<F, E> Builder<F, E> {
     /// Windows, its uid on Unix; see [`ConnectionInfo::user`](crate::ConnectionInfo::user));
     /// clients whose user is unknown (remote pipe clients, a listener
     /// without credentials) count as one user. A connection is held from the
-    /// moment it is identified until its instance lets it go, whether it is
-    /// being judged by the [`authorize`](Builder::authorize) rules, waiting
-    /// for a place, served, or lingering for its client's EOF. A client whose
+    /// moment it is identified until the server has closed it (seen its
+    /// client's EOF, or the linger ended: when it leaves
+    /// [`Stats::active`](super::Stats::active)), whether it is being judged
+    /// by the [`authorize`](Builder::authorize) rules, waiting for a place,
+    /// served, or lingering. A client at its share that closes a connection
+    /// and at once opens another may find the first still held for the
+    /// moment the server takes to see the close, and should retry. A client whose
     /// user already holds `n` is refused at once, before the rules and
     /// before a byte of it is served (never queued behind its own
     /// connections): closed, counted in [`Stats::refused`](super::Stats::refused)
@@ -612,7 +682,7 @@ where
             out_buffer_size: pipe.out_buffer_size,
             reject_remote_clients: pipe.reject_remote_clients,
             first_pipe_instance: pipe.first_pipe_instance,
-            security: pipe.security.clone(),
+            security: pipe.security()?,
             strict_dir: pipe.strict_dir,
             socket_mode: pipe.socket_mode,
             socket_group: pipe.socket_group,

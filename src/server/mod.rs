@@ -2,6 +2,7 @@
 //! [`serve`](Server::serve) frames with a tower service, or
 //! [`into_incoming`](Server::into_incoming) hands out connected streams.
 
+mod access;
 mod admission;
 pub mod authorize;
 mod builder;
@@ -21,6 +22,7 @@ use std::{fmt, sync::Arc};
 
 use tower_service::Service;
 
+pub use access::Allow;
 pub use authorize::Authorize;
 pub use builder::{Builder, ErrorReply, NoErrorReply, PipeMode, DEFAULT_SDDL, MAX_INSTANCES};
 pub use handle::Handle;

@@ -444,9 +444,11 @@ where
         } else {
             debug!(parent: &span, reason = %end, client_closed = closed, "connection closed");
         }
+        // Its share first: once a connection no longer counts as active,
+        // its user may open another.
+        drop(held);
         drop(active);
         release(&mut slot, io, index, &shared).await;
-        drop(held);
     }
 }
 

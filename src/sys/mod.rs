@@ -193,6 +193,10 @@ pub(crate) enum Security {
     OwnerOnly,
     /// This SDDL.
     Sddl(String),
+    /// The server's user (full control) and these SID strings (as clients:
+    /// never `FILE_CREATE_PIPE_INSTANCE`), checked by the caller; with
+    /// `low_label`, a mandatory label of low integrity.
+    Allow { sids: Vec<String>, low_label: bool },
     /// The system's default DACL.
     SystemDefault,
 }

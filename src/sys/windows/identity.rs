@@ -228,7 +228,7 @@ pub(super) fn token_user(token: &OwnedHandle) -> io::Result<User> {
 }
 
 /// A SID in string form (`S-1-5-21-...`).
-fn sid_string(sid: PSID) -> io::Result<String> {
+pub(super) fn sid_string(sid: PSID) -> io::Result<String> {
     let mut text: *mut u16 = ptr::null_mut();
     // Safety: `sid` is a valid SID (the callers hold its buffer); on success
     // `text` is a LocalAlloc'ed, NUL-terminated string we own.

@@ -26,7 +26,7 @@ use super::{
     impersonate::{is_too_early, EndOnDrop, Impersonation},
     invalid,
     io::{Pipe, PipeStream},
-    security::{self, SecurityDescriptor},
+    security::{self, PipeSecurity},
     MessagePipe,
 };
 use crate::sys::{Backoff, ListenOptions, Peer, Slot, Slots};
@@ -37,7 +37,7 @@ use crate::sys::{Backoff, ListenOptions, Peer, Slot, Slots};
 struct Instances {
     path: PathBuf,
     opts: ListenOptions,
-    security: Option<SecurityDescriptor>,
+    security: Option<PipeSecurity>,
 }
 
 impl Instances {
@@ -65,7 +65,7 @@ impl Instances {
             Some(sd) => {
                 let mut attrs = SECURITY_ATTRIBUTES {
                     nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
-                    lpSecurityDescriptor: sd.0,
+                    lpSecurityDescriptor: sd.as_ptr(),
                     bInheritHandle: 0,
                 };
                 // Safety: `attrs` is a valid SECURITY_ATTRIBUTES for the call,

@@ -16,10 +16,10 @@ use windows_sys::Win32::{
             ConvertSecurityDescriptorToStringSecurityDescriptorW, GetSecurityInfo, SDDL_REVISION_1,
             SE_KERNEL_OBJECT,
         },
-        CreateRestrictedToken, GetTokenInformation, ImpersonateSelf, RevertToSelf,
-        SecurityIdentification, TokenImpersonationLevel, DACL_SECURITY_INFORMATION,
-        PSECURITY_DESCRIPTOR, SID_AND_ATTRIBUTES, TOKEN_ASSIGN_PRIMARY, TOKEN_DUPLICATE,
-        TOKEN_QUERY,
+        CreateRestrictedToken, GetAce, GetTokenInformation, ImpersonateSelf, RevertToSelf,
+        SecurityIdentification, TokenImpersonationLevel, ACL, DACL_SECURITY_INFORMATION,
+        LABEL_SECURITY_INFORMATION, PSECURITY_DESCRIPTOR, SID_AND_ATTRIBUTES,
+        SYSTEM_MANDATORY_LABEL_ACE, TOKEN_ASSIGN_PRIMARY, TOKEN_DUPLICATE, TOKEN_QUERY,
     },
     System::{
         ProcessStatus::{K32GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS},
@@ -31,7 +31,7 @@ use windows_sys::Win32::{
 };
 
 use super::{
-    identity::{open_token, token_user, Sid},
+    identity::{open_token, sid_string, token_user, Sid},
     impersonate::thread_token,
     security::SecurityDescriptor,
 };
@@ -253,8 +253,76 @@ fn count_system_handles(pid: u32) -> Option<u32> {
     (count > 0).then_some(count as u32)
 }
 
+/// The mandatory label of the object behind `handle`, written as SDDL
+/// (`S:(ML;;NW;;;LW)`) from the label ACE itself (Wine's SDDL writer knows
+/// no labels); empty without one.
+pub(crate) fn label_sddl(handle: BorrowedHandle<'_>) -> io::Result<String> {
+    const SYSTEM_MANDATORY_LABEL_ACE_TYPE: u8 = 0x11;
+    let (mut sacl, mut sd): (*mut ACL, PSECURITY_DESCRIPTOR) = (ptr::null_mut(), ptr::null_mut());
+    // Safety: the handle is borrowed, so open for the call; the out pointers
+    // are valid, and on success `sd` is a LocalAlloc'ed descriptor we own,
+    // which `sacl` points into (or null).
+    let err = unsafe {
+        GetSecurityInfo(
+            handle.as_raw_handle() as HANDLE,
+            SE_KERNEL_OBJECT,
+            LABEL_SECURITY_INFORMATION,
+            ptr::null_mut(),
+            ptr::null_mut(),
+            ptr::null_mut(),
+            &mut sacl,
+            &mut sd,
+        )
+    };
+    if err != 0 {
+        return Err(io::Error::from_raw_os_error(err as i32));
+    }
+    let _sd = SecurityDescriptor(sd);
+    if sacl.is_null() {
+        return Ok(String::new());
+    }
+    let mut labels = String::new();
+    // Safety: `sacl` is a valid ACL inside `_sd`, alive for the loop; each
+    // ACE GetAce returns lies within it, and one of type
+    // SYSTEM_MANDATORY_LABEL_ACE_TYPE is a SYSTEM_MANDATORY_LABEL_ACE whose
+    // SID starts at `SidStart` (read unaligned: ACEs are 4-aligned).
+    unsafe {
+        for i in 0..u32::from((*sacl).AceCount) {
+            let mut ace: *mut core::ffi::c_void = ptr::null_mut();
+            if GetAce(sacl, i, &mut ace) == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let ace: *const SYSTEM_MANDATORY_LABEL_ACE = ace.cast();
+            if (*ace).Header.AceType != SYSTEM_MANDATORY_LABEL_ACE_TYPE {
+                continue;
+            }
+            let mask = (*ace).Mask;
+            let sid = sid_string((&raw const (*ace).SidStart).cast_mut().cast())?;
+            let mut rights = String::new();
+            for (bit, name) in [(0x1, "NW"), (0x2, "NR"), (0x4, "NX")] {
+                if mask & bit != 0 {
+                    rights.push_str(name);
+                }
+            }
+            let level = match sid.as_str() {
+                "S-1-16-4096" => "LW",
+                "S-1-16-8192" => "ME",
+                "S-1-16-12288" => "HI",
+                "S-1-16-16384" => "SI",
+                other => other,
+            };
+            labels.push_str(&format!("(ML;;{rights};;;{level})"));
+        }
+    }
+    Ok(match labels.is_empty() {
+        true => labels,
+        false => format!("S:{labels}"),
+    })
+}
+
 /// The DACL of the object behind `handle`, as SDDL.
 pub(crate) fn dacl_sddl(handle: BorrowedHandle<'_>) -> io::Result<String> {
+    let what = DACL_SECURITY_INFORMATION;
     let mut sd: PSECURITY_DESCRIPTOR = ptr::null_mut();
     // Safety: the handle is borrowed, so open for the call; the out pointers
     // are valid, and on success `sd` is a LocalAlloc'ed descriptor we own.
@@ -262,7 +330,7 @@ pub(crate) fn dacl_sddl(handle: BorrowedHandle<'_>) -> io::Result<String> {
         GetSecurityInfo(
             handle.as_raw_handle() as HANDLE,
             SE_KERNEL_OBJECT,
-            DACL_SECURITY_INFORMATION,
+            what,
             ptr::null_mut(),
             ptr::null_mut(),
             ptr::null_mut(),
@@ -282,7 +350,7 @@ pub(crate) fn dacl_sddl(handle: BorrowedHandle<'_>) -> io::Result<String> {
         ConvertSecurityDescriptorToStringSecurityDescriptorW(
             sd.0,
             SDDL_REVISION_1,
-            DACL_SECURITY_INFORMATION,
+            what,
             &mut text,
             &mut len,
         )

@@ -117,7 +117,7 @@ use windows_sys::Win32::{
 
 use super::{
     io::{peer_gone, write_error},
-    security::SecurityDescriptor,
+    security::PipeSecurity,
 };
 use crate::sys::{ListenOptions, Message};
 
@@ -477,7 +477,7 @@ impl MessagePipe {
         path: &Path,
         first: bool,
         opts: &ListenOptions,
-        security: Option<&SecurityDescriptor>,
+        security: Option<&PipeSecurity>,
     ) -> io::Result<MessagePipe> {
         let mut open_mode = PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED;
         if first {
@@ -493,7 +493,7 @@ impl MessagePipe {
             };
         let attrs = security.map(|sd| SECURITY_ATTRIBUTES {
             nLength: size_of::<SECURITY_ATTRIBUTES>() as u32,
-            lpSecurityDescriptor: sd.0,
+            lpSecurityDescriptor: sd.as_ptr(),
             bInheritHandle: 0,
         });
         let path = wide(path);
