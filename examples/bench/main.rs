@@ -8,7 +8,7 @@
 //! cargo run --release --example bench -- --doc docs/benchmarks.md            # rewrite the doc's figures
 //! cargo run --release --example bench -- --soak 10                           # 10 minutes of mixed load
 //! cargo run --release --example bench --target x86_64-pc-windows-gnu -- --framings   # message vs length framing
-//! bench --serve floor|raw|pipeserve --name NAME --instances N --depth D      # one server, by hand
+//! bench --serve floor|raw|pipeserve[-per-user] --name NAME --instances N --depth D  # one server, by hand
 //! bench --drive ADDRESS CLIENTS PAYLOAD DEPTH MS                             # load it
 //! bench --churn ADDRESS CLIENTS MS                                           # connect, 1 round trip, close, looped
 //! ```

@@ -23,7 +23,7 @@ pub async fn serve(
 ) -> Result<(), Box<dyn std::error::Error>> {
     use pipeserve::{codec::Framing, PipeMode};
     let (framing, pipe_mode) = match kind {
-        "pipeserve" => (Framing::LengthDelimited, PipeMode::Byte),
+        "pipeserve" | "pipeserve-per-user" => (Framing::LengthDelimited, PipeMode::Byte),
         // Windows, for `--framings`: the same framing on a message-mode
         // pipe, and message framing.
         "pipeserve-msgpipe" => (Framing::LengthDelimited, PipeMode::Message),
@@ -34,13 +34,18 @@ pub async fn serve(
     };
     // The defaults a user gets (idle and write timeouts on), with
     // room for the bench's frames and clients.
-    let server = pipeserve::Server::builder()
+    let mut builder = pipeserve::Server::builder()
         .instances(instances)
         .pipeline_depth(depth)
         .framing(framing)
         .pipe_mode(pipe_mode)
-        .max_frame_len(1 << 20)
-        .bind(name)?;
+        .max_frame_len(1 << 20);
+    if kind == "pipeserve-per-user" {
+        // What the per-user limit costs, set so high it never refuses: the
+        // share's bookkeeping and, on Unix, the spare accept slots.
+        builder = builder.max_connections_per_user(4 * instances);
+    }
+    let server = builder.bind(name)?;
     announce(&server.local_addr().to_string());
     let echo = tower::service_fn(|req: Bytes| std::future::ready(Ok::<_, Infallible>(req)));
     server.serve(echo).await?;
