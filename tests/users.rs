@@ -134,12 +134,21 @@ mod unix {
     const BOB: u32 = 64002;
     const STAFF: u32 = 64010;
 
+    /// Whether clients can run as other uids here: as root, with this test
+    /// binary reachable by them (not under a `0700` home, say).
     fn as_root() -> bool {
-        let root = pipeserve::User::current().unwrap().uid() == 0;
-        if !root {
+        if pipeserve::User::current().unwrap().uid() != 0 {
             eprintln!("not root: cannot run clients as other uids; skipped");
+            return false;
         }
-        root
+        let exe = std::env::current_exe().unwrap();
+        let others_may =
+            |path: &Path| fs::metadata(path).is_ok_and(|md| md.permissions().mode() & 0o001 != 0);
+        if !exe.ancestors().all(others_may) {
+            eprintln!("{} is not reachable by other uids; skipped", exe.display());
+            return false;
+        }
+        true
     }
 
     /// A directory anyone may enter, for a socket other users reach.

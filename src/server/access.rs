@@ -51,6 +51,10 @@ pub enum Allow {
     Sid(String),
     /// Low-integrity processes of the users let in (a sandboxed renderer, a
     /// browser's protected mode): the pipe's mandatory label becomes low.
+    /// The integrity check then no longer holds back the server's own
+    /// user's low processes, which get what that user has, full control
+    /// included: allow it for sandboxes you would trust with that
+    /// (AppContainers are held to a client's rights by their own check).
     LowIntegrity,
     /// Processes in any AppContainer (UWP and MSIX apps, sandboxes) of the
     /// users let in: `ALL APPLICATION PACKAGES` (`S-1-15-2-1`) and the low

@@ -19,7 +19,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering::Relaxed},
+        Arc, Mutex, MutexGuard, PoisonError,
+    },
 };
 
 use tokio::sync::oneshot;
@@ -31,6 +34,9 @@ use crate::User;
 pub(crate) struct Admission {
     per_user: Option<usize>,
     state: Mutex<State>,
+    /// How many wait now: `state.waiting.len()`, kept beside it under the
+    /// lock, for [`Stats::waiting`](super::Stats::waiting) without it.
+    waiting: AtomicU64,
 }
 
 /// A user's key: unknown users share one.
@@ -91,13 +97,22 @@ impl Admission {
                 free: places,
                 ..State::default()
             }),
+            waiting: AtomicU64::new(0),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    /// Clients waiting for a place now.
+    pub(crate) fn waiting(&self) -> u64 {
+        self.waiting.load(Relaxed)
+    }
+
+    fn lock(&self) -> Locked<'_> {
         // Nothing panics while the lock is held; if it did, the counts are
         // still whole (each change is one statement).
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        Locked {
+            state: self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            published: &self.waiting,
+        }
     }
 
     /// Takes a share of `user`'s, refused if it already holds
@@ -123,6 +138,33 @@ impl Admission {
     #[cfg(test)]
     fn held(&self, user: &Key) -> usize {
         self.lock().users.get(user).map_or(0, |t| t.held)
+    }
+}
+
+/// The state, locked; on unlock the count of waiters is published.
+struct Locked<'a> {
+    state: MutexGuard<'a, State>,
+    published: &'a AtomicU64,
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let waiting = self.state.waiting.len() as u64;
+        self.published.store(waiting, Relaxed);
     }
 }
 
@@ -162,9 +204,11 @@ impl State {
             let waiter = self.waiting.remove(next);
             self.free -= 1;
             self.tally(&waiter.key).serving += 1;
-            if waiter.granted.send(()).is_err() {
-                // Its wait was dropped without taking the place off the
-                // list (it always does): the place stays free.
+            // A wait takes itself off the list, under this lock, before
+            // its receiver goes (see `Turn`): the send cannot fail.
+            let sent = waiter.granted.send(());
+            debug_assert!(sent.is_ok(), "a place granted to a dropped wait");
+            if sent.is_err() {
                 self.tally(&waiter.key).serving -= 1;
                 self.free += 1;
             }
@@ -221,9 +265,10 @@ impl Held {
         let mut turn = Turn {
             held: self,
             seq,
+            granted,
             waiting: true,
         };
-        granted
+        (&mut turn.granted)
             .await
             .expect("a waiter leaves the list only when granted or dropped");
         turn.waiting = false;
@@ -246,10 +291,15 @@ impl Drop for Held {
     }
 }
 
-/// A wait for a place, in the list until granted or dropped.
+/// A wait for a place, in the list until granted or dropped. It owns the
+/// receiver of the grant, so that the receiver outlives `drop`'s check of
+/// the list: a grant is either still to come (the wait leaves the list) or
+/// was sent to a live receiver (the place is given back), never lost or
+/// made twice.
 struct Turn<'a> {
     held: &'a Held,
     seq: u64,
+    granted: oneshot::Receiver<()>,
     waiting: bool,
 }
 
@@ -287,8 +337,13 @@ mod tests {
 
     use super::*;
 
-    fn user(uid: &str) -> Option<User> {
-        Some(User::parse(uid).unwrap())
+    /// User number `n`: a uid on Unix, a SID on Windows.
+    fn user(n: &str) -> Option<User> {
+        #[cfg(unix)]
+        let name = n.to_owned();
+        #[cfg(windows)]
+        let name = format!("S-1-5-21-1-2-3-{n}");
+        Some(User::parse(&name).unwrap())
     }
 
     /// Polls `fut` once: its output if ready.
@@ -383,6 +438,45 @@ mod tests {
         assert!(first.is_some());
         assert!(now(waits[1].as_mut()).is_none());
         assert!(now(waits[2].as_mut()).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn places_are_neither_lost_nor_made_when_waits_are_cancelled_while_places_free() {
+        let admission = Admission::new(2, None);
+        let most = Arc::new(AtomicU64::new(0));
+        let serving = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let (admission, most, serving) = (admission.clone(), most.clone(), serving.clone());
+                tokio::spawn(async move {
+                    let held = admission.hold(user(&(i % 3).to_string())).unwrap();
+                    for _ in 0..2000 {
+                        // Waits given up after one poll race the places
+                        // others give back.
+                        let place = tokio::select! {
+                            place = held.place() => Some(place),
+                            () = tokio::task::yield_now() => None,
+                        };
+                        if let Some(place) = place {
+                            let now = serving.fetch_add(1, Relaxed) + 1;
+                            most.fetch_max(now, Relaxed);
+                            tokio::task::yield_now().await;
+                            serving.fetch_sub(1, Relaxed);
+                            drop(place);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert!(most.load(Relaxed) <= 2, "more served at once than places");
+        let state = admission.lock();
+        assert_eq!(state.free, 2, "places lost or made");
+        assert!(state.waiting.is_empty());
+        assert!(state.users.is_empty(), "{:?}", state.users);
+        assert_eq!(admission.waiting(), 0);
     }
 
     #[tokio::test]

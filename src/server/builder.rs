@@ -659,6 +659,10 @@ where
                 "socket_mode {mode:#o} has bits beyond 0o777"
             )));
         }
+        if self.pipe.socket_group == Some(u32::MAX) {
+            // chown's "leave it as it is".
+            return Err(Error::config("socket_group: gid 4294967295 is not a group"));
+        }
         let needs_message = self.framing.message_mode();
         if needs_message && !sys::MESSAGE_PIPES {
             return Err(Error::needs_message_pipe());

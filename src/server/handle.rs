@@ -43,6 +43,6 @@ impl Handle {
 
     /// The server's counters now.
     pub fn stats(&self) -> Stats {
-        self.shared.counters().stats()
+        self.shared.stats()
     }
 }

@@ -45,7 +45,7 @@ use super::{
     authorize::Authorizer,
     end::{self, End},
     shutdown::Shutdown,
-    stats::{Counters, Summary},
+    stats::{Counters, Stats, Summary},
     ConnectionInfo,
 };
 use crate::{
@@ -164,6 +164,14 @@ impl Shared {
 
     pub(crate) fn counters(&self) -> &Counters {
         &self.counters
+    }
+
+    /// The counters now, with the clients waiting for a place.
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            waiting: self.admission.waiting(),
+            ..self.counters.stats()
+        }
     }
 
     /// The stop signal of instances and framed connections.
@@ -405,7 +413,6 @@ where
         let serving = match held.try_place() {
             Some(place) => place,
             None => {
-                let _waiting = shared.counters.waiting();
                 let Some(place) = unless_shutdown(&shared, held.place()).await else {
                     let _ = slot.release(io).await;
                     return;

@@ -42,7 +42,8 @@ pub struct Stats {
     /// already held its share, closed before anything reached a service (not
     /// counted in `connections`).
     pub refused: u64,
-    /// Of `refused`, the clients the rules had not let in when the
+    /// Of `refused`, the clients not identified, or not let in by the
+    /// rules, when the
     /// [`authorize_timeout`](super::Builder::authorize_timeout) passed.
     pub authorize_timeouts: u64,
     /// Of `refused`, the clients whose user already held its share,
@@ -80,7 +81,6 @@ pub(crate) struct Counters {
     active: AtomicU64,
     requests: AtomicU64,
     listening: AtomicU64,
-    waiting: AtomicU64,
     frames_rejected: AtomicU64,
     service_errors: AtomicU64,
     panics: AtomicU64,
@@ -99,7 +99,8 @@ impl Counters {
             active: self.active.load(Relaxed),
             requests: self.requests.load(Relaxed),
             listening: self.listening.load(Relaxed),
-            waiting: self.waiting.load(Relaxed),
+            // The pool's admission counts them (`Shared::stats`).
+            waiting: 0,
             frames_rejected: self.frames_rejected.load(Relaxed),
             service_errors: self.service_errors.load(Relaxed),
             panics: self.panics.load(Relaxed),
@@ -185,11 +186,6 @@ impl Counters {
     /// Counts an instance as listening until the guard drops.
     pub(crate) fn listening(&self) -> Gauge<'_> {
         Gauge::up(&self.listening)
-    }
-
-    /// Counts a client as waiting for a place until the guard drops.
-    pub(crate) fn waiting(&self) -> Gauge<'_> {
-        Gauge::up(&self.waiting)
     }
 
     /// Counts how a connection ended.

@@ -285,7 +285,7 @@ pub(crate) fn label_sddl(handle: BorrowedHandle<'_>) -> io::Result<String> {
     // Safety: `sacl` is a valid ACL inside `_sd`, alive for the loop; each
     // ACE GetAce returns lies within it, and one of type
     // SYSTEM_MANDATORY_LABEL_ACE_TYPE is a SYSTEM_MANDATORY_LABEL_ACE whose
-    // SID starts at `SidStart` (read unaligned: ACEs are 4-aligned).
+    // SID starts at `SidStart`; ACEs are 4-aligned, as that struct is.
     unsafe {
         for i in 0..u32::from((*sacl).AceCount) {
             let mut ace: *mut core::ffi::c_void = ptr::null_mut();

@@ -68,9 +68,9 @@ pub(crate) const MESSAGE_PIPES: bool = true;
 /// server has seen the EOF, disconnected and connected anew; meanwhile a
 /// client reconnecting at once, or others churning alongside, would find
 /// every instance busy although a slot is free. The spares listen
-/// meanwhile, and judge the next clients by the authorize rules while
-/// `served` are served (with rules or without: `_judged`); the server still
-/// serves at most `served` at once.
+/// meanwhile, and judge the next clients (by the authorize rules and the
+/// per-user share) while `served` are served (judged or not: `_judged`);
+/// the server still serves at most `served` at once.
 pub(crate) fn pipe_instances(served: usize, _judged: bool) -> usize {
     (2 * served).clamp(served, MAX_INSTANCES)
 }

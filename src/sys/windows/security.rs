@@ -56,7 +56,7 @@ pub(super) fn descriptor(security: &Security) -> io::Result<Option<PipeSecurity>
         true => Some(Labeled::new(&sd)?),
         false => None,
     };
-    Ok(Some(PipeSecurity { sd, label }))
+    Ok(Some(PipeSecurity { label, sd }))
 }
 
 /// The DACL of `Security::Allow`: `me` in full, `sids` as clients. The SID
@@ -74,8 +74,9 @@ fn allow_sddl(me: &str, sids: &[String]) -> String {
 /// low mandatory label if asked.
 #[derive(Debug)]
 pub(super) struct PipeSecurity {
-    sd: SecurityDescriptor,
+    /// Declared first, so dropped first: it points into `sd`.
     label: Option<Labeled>,
+    sd: SecurityDescriptor,
 }
 
 impl PipeSecurity {
