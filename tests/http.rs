@@ -123,9 +123,7 @@ async fn a_users_http_connection_over_its_share_is_refused_and_its_kept_alive_on
         assert_eq!(get_text(&first, "/health").await.2, "ok");
         // Once it is gone, a new connection is served.
         drop((first, second));
-        while server.handle.stats().active > 0 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until_stats(&server.handle, |s| s.active == 0).await;
         assert_eq!(get_text(&server.client(false), "/health").await.2, "ok");
         let summary = server.stop().await;
         assert_eq!((summary.stats.refused, summary.requests), (1, 3));

@@ -12,22 +12,10 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use common::*;
 use futures_util::StreamExt;
 use pipeserve::{Client, Server};
-
-/// Waits until `cond` holds of the server's stats.
-async fn until_stats(handle: &pipeserve::Handle, cond: impl Fn(&pipeserve::Stats) -> bool) {
-    within(20, async {
-        while !cond(&handle.stats()) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_users_connection_over_its_share_is_refused_at_once_and_served_once_one_closes() {

@@ -272,9 +272,10 @@ impl<F, E> Builder<F, E> {
     /// the socket (accept slots), twice as many with
     /// [`authorize`](Builder::authorize) rules or a
     /// [per-user limit](Builder::max_connections_per_user); further clients
-    /// wait in the listen backlog. The spares also judge the next clients by the rules
-    /// while `n` are served, and a client accepted while `n` are served
-    /// waits, connected, until one ends.
+    /// wait in the listen backlog. The spares also judge the next clients
+    /// (by the rules and their user's share) while `n` are served, and a
+    /// client accepted while `n` are served waits, connected, until one
+    /// ends.
     pub fn instances(mut self, n: usize) -> Self {
         self.pool.instances = n;
         self
@@ -560,9 +561,9 @@ impl<F, E> Builder<F, E> {
     /// by the [`authorize`](Builder::authorize) rules, waiting for a place,
     /// served, or lingering. A client at its share that closes a connection
     /// and at once opens another may find the first still held for the
-    /// moment the server takes to see the close, and should retry. A client whose
-    /// user already holds `n` is refused at once, before the rules and
-    /// before a byte of it is served (never queued behind its own
+    /// moment the server takes to see the close, and should retry. A client
+    /// whose user already holds `n` is refused at once, before the rules
+    /// and before a byte of it is served (never queued behind its own
     /// connections): closed, counted in [`Stats::refused`](super::Stats::refused)
     /// and [`Stats::refused_per_user`](super::Stats::refused_per_user), and
     /// logged at `debug`. Applies to framed serving, [`Incoming`](super::Incoming),
@@ -579,8 +580,9 @@ impl<F, E> Builder<F, E> {
     /// [`authorize_timeout`](Builder::authorize_timeout)).
     ///
     /// `n` below `instances` is what keeps room for other users: with
-    /// `instances(8)` and `max_connections_per_user(2)`, four users at least
-    /// are served at once.
+    /// `instances(8)` and `max_connections_per_user(2)`, a user at its share
+    /// leaves 6 places to the others, and when all 8 are taken, at least 4
+    /// users hold them.
     ///
     /// # Examples
     ///

@@ -43,6 +43,16 @@ pub async fn within<T>(secs: u64, fut: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("test did not finish within {secs} s"))
 }
 
+/// Waits (at most 20 s) until `cond` holds of the server's stats.
+pub async fn until_stats(handle: &pipeserve::Handle, cond: impl Fn(&pipeserve::Stats) -> bool) {
+    within(20, async {
+        while !cond(&handle.stats()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
 /// A server running in the background; `stop` shuts it down gracefully.
 pub struct Running {
     pub name: String,
