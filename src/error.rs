@@ -77,6 +77,9 @@ impl Error {
     /// `InvalidInput` (a bad name or option), anything else a failure to
     /// bind.
     pub(crate) fn from_bind(e: io::Error) -> Self {
+        if crate::sys::is_not_ours(&e) {
+            return Error::new(Kind::Identity).with(e);
+        }
         let kind = match e.kind() {
             io::ErrorKind::AddrInUse => Kind::AddrInUse,
             io::ErrorKind::InvalidInput => Kind::Config,
@@ -117,7 +120,9 @@ impl Error {
     }
 
     /// Whether the name is taken: another server holds the pipe name or
-    /// listens on the socket.
+    /// listens on the socket. For a
+    /// [`takeover`](crate::server::Builder::takeover), the opposite: no
+    /// server is running there to take over (or it left no room).
     pub fn is_addr_in_use(&self) -> bool {
         self.kind == Kind::AddrInUse
     }
@@ -162,7 +167,9 @@ impl Error {
     /// Whether a client refused its server: the user running the server end
     /// is not the one expected, or could not be determined (see
     /// [`server_identity`](crate::client::Builder::server_identity)).
-    /// Nothing was written to it.
+    /// Nothing was written to it. Also a
+    /// [`takeover`](crate::server::Builder::takeover) refused because the
+    /// running server is another user's.
     pub fn is_identity(&self) -> bool {
         self.kind == Kind::Identity
     }

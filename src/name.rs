@@ -85,6 +85,12 @@ impl Address {
             .map_err(Error::from_bind)
     }
 
+    /// The address of a path the system gave (a socket systemd passed).
+    #[cfg(all(unix, feature = "systemd"))]
+    pub(crate) fn from_path(path: PathBuf) -> Address {
+        Address(path)
+    }
+
     /// The pipe path (`\\.\pipe\NAME`) or socket path.
     pub fn as_path(&self) -> &Path {
         &self.0

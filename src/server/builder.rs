@@ -98,6 +98,8 @@ struct PipeOptions {
     out_buffer_size: u32,
     reject_remote_clients: bool,
     first_pipe_instance: bool,
+    upgradable: bool,
+    takeover: bool,
     security: sys::Security,
     allow: Vec<Allow>,
     strict_dir: bool,
@@ -176,6 +178,7 @@ impl Default for Builder {
                 authorize: Vec::new(),
                 authorize_timeout: Duration::from_secs(10),
                 per_user: None,
+                systemd_notify: false,
             },
             pipe: PipeOptions {
                 pipe_mode: None,
@@ -183,6 +186,8 @@ impl Default for Builder {
                 out_buffer_size: 65536,
                 reject_remote_clients: true,
                 first_pipe_instance: true,
+                upgradable: false,
+                takeover: false,
                 security: sys::Security::OwnerOnly,
                 allow: Vec::new(),
                 strict_dir: true,
@@ -194,6 +199,7 @@ impl Default for Builder {
                 concurrent: false,
                 idle_timeout: Some(Duration::from_secs(300)),
                 write_timeout: Some(Duration::from_secs(30)),
+                shutdown_grace: Duration::from_secs(2),
             },
             error_reply: NoErrorReply,
         }
@@ -598,6 +604,81 @@ impl<F, E> Builder<F, E> {
         self.pool.per_user = Some(n);
         self
     }
+
+    /// Lets a successor [`takeover`](Builder::takeover) this server's name
+    /// while it runs (default: false). On Windows the pipe then admits
+    /// more instances than this server's own (`nMaxInstances` unlimited),
+    /// so that a successor can add its own beside them; without it a
+    /// successor finds no room and is refused. On Unix nothing is needed of
+    /// the running server, and this does nothing. Who may create instances
+    /// is still the pipe's descriptor's business: by default only this
+    /// user. See `docs/operations.md`.
+    pub fn upgradable(mut self, upgradable: bool) -> Self {
+        self.pipe.upgradable = upgradable;
+        self
+    }
+
+    /// Makes [`bind`](Builder::bind) take the name over from a running
+    /// server of this user, the way a new version of a daemon replaces the
+    /// old without a gap (default: false): clients go on finding a server
+    /// throughout, and those the old one is serving are served to the end.
+    ///
+    /// The running server must be this user's: `bind` connects to it as a
+    /// client and checks who runs its end, from the connection (as a
+    /// client's [`server_identity`](crate::client::Builder::server_identity)
+    /// check does). Then:
+    ///
+    /// - Windows: this server adds its instances to the running pipe
+    ///   (which must be [`upgradable`](Builder::upgradable)) instead of
+    ///   claiming the name with `FILE_FLAG_FIRST_PIPE_INSTANCE`, holding its
+    ///   connection to the old server until they exist, so the name never
+    ///   lapses to anybody else in between. Clients then reach either
+    ///   server. The pipe keeps the old server's descriptor and mode.
+    /// - Unix: the socket is bound in a private directory, as always, and
+    ///   renamed over the path in one step: a client finds the old socket
+    ///   or the new, never none.
+    ///
+    /// Once `bind` returns (and this server's [`ready`](super::Handle::ready)
+    /// says every instance listens), shut the old server down gracefully:
+    /// it closes its listening instances first (Unix: it leaves the path,
+    /// now this server's, alone), serves every client that connected to it
+    /// and what waits in its backlog, and drains. A server started with
+    /// `takeover` is [`upgradable`](Builder::upgradable) itself, so that
+    /// the next version can take over from it.
+    ///
+    /// # Errors
+    ///
+    /// Of [`bind`](Builder::bind): [`Error::is_addr_in_use`] if no server
+    /// is running on the name to take over (or, on Windows, it is not
+    /// upgradable), [`Error::is_identity`] if the one running is another
+    /// user's. Never serves alongside a stranger.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # fn run() -> Result<(), pipeserve::Error> {
+    /// // The new version, while the old one (also `upgradable`) runs:
+    /// let server = pipeserve::Server::builder().takeover(true).bind("myapp")?;
+    /// // ... serve it; once ready, tell the old process to shut down.
+    /// # Ok(()) }
+    /// ```
+    pub fn takeover(mut self, takeover: bool) -> Self {
+        self.pipe.takeover = takeover;
+        self
+    }
+
+    /// Tells systemd, through `sd_notify(3)`, when the server is ready
+    /// (`READY=1` and a `STATUS=listening on ADDRESS`, once every instance
+    /// listens: see [`Handle::ready`](super::Handle::ready)) and when a
+    /// graceful shutdown begins (`STOPPING=1`), for a `Type=notify`
+    /// service (default: false). Nothing is sent where `NOTIFY_SOCKET` is
+    /// unset, nor on Windows (the service control manager is told by the
+    /// service's own code: see `examples/windows_service.rs`).
+    #[cfg(feature = "systemd")]
+    pub fn systemd_notify(mut self, notify: bool) -> Self {
+        self.pool.systemd_notify = notify;
+        self
+    }
 }
 
 impl<F: MakeTransport, E> Builder<F, E> {
@@ -654,6 +735,57 @@ where
     /// Outside a tokio runtime: pipes and sockets register with its reactor.
     pub fn bind(self, name: &str) -> Result<Server<F>, Error> {
         let address = Address::new(name)?;
+        let options = self.listen_options()?;
+        let listener = sys::bind(address.as_path(), &options).map_err(Error::from_bind)?;
+        info!(address = %address, instances = self.pool.instances, "listening");
+        Ok(self.into_server(PipeListener::new(listener, address)))
+    }
+
+    /// Serves the listening socket systemd passed this process (socket
+    /// activation: `ListenStream=` in a `.socket` unit, `LISTEN_FDS` and
+    /// `LISTEN_PID` in the environment), the first of them, instead of
+    /// binding one: with the same instances, peer credentials, identity
+    /// rules and shutdown as [`bind`](Builder::bind). The socket file is
+    /// systemd's, so it is left in place at shutdown: clients that connect
+    /// while the service restarts wait in the socket's backlog and are
+    /// served by the next start. The socket's mode and owner are the unit's
+    /// (`SocketMode=`, `SocketUser=`), so `socket_mode`, `socket_group`
+    /// and `takeover` do not apply. See `docs/operations.md`.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::is_bind`]: systemd passed no socket to this process
+    ///   ([`std::io::ErrorKind::NotFound`]), or it was taken already;
+    /// - [`Error::is_config`]: the socket passed is not a listening Unix
+    ///   stream socket with a path, or an option is invalid (as for
+    ///   `bind`); on Windows, always.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    #[cfg(feature = "systemd")]
+    pub fn bind_systemd(self) -> Result<Server<F>, Error> {
+        #[cfg(unix)]
+        {
+            let options = self.listen_options()?;
+            let (listener, path) = sys::bind_activated(&options).map_err(Error::from_bind)?;
+            let address = Address::from_path(path);
+            info!(
+                address = %address,
+                instances = self.pool.instances,
+                "listening on the socket systemd passed"
+            );
+            Ok(self.into_server(PipeListener::new(listener, address)))
+        }
+        #[cfg(not(unix))]
+        {
+            drop(self);
+            Err(Error::config("socket activation is systemd's: Unix only"))
+        }
+    }
+
+    /// The options for the system's listener, checked.
+    fn listen_options(&self) -> Result<sys::ListenOptions, Error> {
         self.check(sys::MAX_INSTANCES)?;
         let mode = self.pipe.socket_mode;
         if mode & !0o777 != 0 {
@@ -679,24 +811,22 @@ where
             None => needs_message,
         };
         let pipe = &self.pipe;
-        let instances = self.pool.instances;
-        let options = sys::ListenOptions {
-            instances: sys::pipe_instances(instances, self.pool.judges()),
+        Ok(sys::ListenOptions {
+            instances: sys::pipe_instances(self.pool.instances, self.pool.judges()),
             message_mode,
             message_reads: needs_message,
             in_buffer_size: pipe.in_buffer_size,
             out_buffer_size: pipe.out_buffer_size,
             reject_remote_clients: pipe.reject_remote_clients,
             first_pipe_instance: pipe.first_pipe_instance,
+            upgradable: pipe.upgradable,
+            takeover: pipe.takeover,
             security: pipe.security()?,
             strict_dir: pipe.strict_dir,
             socket_mode: pipe.socket_mode,
             socket_group: pipe.socket_group,
             keep_at_most: codec::KEEP_AT_MOST,
-        };
-        let listener = sys::bind(address.as_path(), &options).map_err(Error::from_bind)?;
-        info!(address = %address, instances, "listening");
-        Ok(self.into_server(PipeListener::new(listener, address)))
+        })
     }
 
     /// Serves connections from your own listener (TCP, say) instead of a
@@ -738,12 +868,16 @@ where
     }
 
     fn into_server<L>(self, listener: L) -> Server<F, L> {
+        let conn = ConnConfig {
+            shutdown_grace: self.pool.linger,
+            ..self.conn
+        };
         Server {
             listener,
             pool: Shared::new(self.pool),
             frames: FrameOptions {
                 framing: self.framing,
-                conn: self.conn,
+                conn,
                 error_reply: self.error_reply.into(),
             },
         }

@@ -59,6 +59,9 @@ pub(crate) struct ConnConfig {
     pub(crate) idle_timeout: Option<Duration>,
     /// How long a write may stay blocked on a client that does not read.
     pub(crate) write_timeout: Option<Duration>,
+    /// After a shutdown began, how long a connection that has sent no
+    /// request yet may take to send its first (the pool's linger).
+    pub(crate) shutdown_grace: Duration,
 }
 
 /// What the dispatcher reports back as it goes.
@@ -101,6 +104,9 @@ where
         depth,
         concurrency: if cfg.concurrent { depth } else { 1 },
         shutdown: shutdown.signal(),
+        read_any: false,
+        grace: Deadline::new(cfg.shutdown_grace),
+        stopping_since: None,
         idle: cfg.idle_timeout.map(Deadline::new),
         last_activity: now,
         write: cfg.write_timeout.map(Deadline::new),
@@ -136,6 +142,14 @@ struct Dispatcher<'a, T, S: Service<Req>, Req, O> {
     depth: usize,
     concurrency: usize,
     shutdown: Signal<'a>,
+    /// Whether a request was read: after a shutdown began, a connection
+    /// that has sent none yet is still read (see `poll_read`).
+    read_any: bool,
+    /// The shutdown grace of a connection that has sent no request yet,
+    /// measured from `stopping_since`.
+    grace: Deadline,
+    /// When this connection first saw the shutdown.
+    stopping_since: Option<Instant>,
     /// The idle timeout, measured from `last_activity`.
     idle: Option<Deadline>,
     /// When a request was last read, or replies last encoded or flushed.
@@ -213,19 +227,29 @@ where
             if self.read_held {
                 break;
             }
-            if self.shutdown.is_requested(cx) {
-                self.stop(End::Shutdown);
-                break;
+            // After a shutdown began, what has arrived is still read and
+            // answered, and then reading stops; a connection that has sent
+            // nothing yet (it may have connected as the server stopped
+            // listening) is read until its first request, for the grace.
+            let stopping = self.shutdown.is_requested(cx);
+            if stopping {
+                self.stopping_since.get_or_insert_with(Instant::now);
             }
             match Pin::new(&mut *self.transport).poll_next(cx) {
                 Poll::Ready(Some(Ok(req))) => {
                     self.queued_bytes += (self.weigh)(&req);
                     self.queue.push_back(req);
+                    self.read_any = true;
                     read = true;
                 }
                 Poll::Ready(Some(Err(e))) => self.stop(classify_read_error(e)),
                 Poll::Ready(None) => self.stop(End::Eof),
-                Poll::Pending => break,
+                Poll::Pending => {
+                    if stopping && self.read_any {
+                        self.stop(End::Shutdown);
+                    }
+                    break;
+                }
             }
         }
         read
@@ -307,6 +331,14 @@ where
     /// The write timeout while writing is blocked; the idle timeout while
     /// the connection is idle.
     fn poll_timers(&mut self, cx: &mut Context<'_>) -> Poll<End> {
+        if let Some(since) = self
+            .stopping_since
+            .filter(|_| self.reading && !self.read_any)
+        {
+            if self.grace.poll_elapsed(cx, since).is_ready() {
+                return Poll::Ready(End::Shutdown);
+            }
+        }
         if let Some(write) = &mut self.write {
             if self.write_blocked {
                 let since = *self.blocked_since.get_or_insert_with(Instant::now);
@@ -543,6 +575,7 @@ mod fuzz {
                 concurrent: depth > 1,
                 idle_timeout: Some(Duration::from_secs(5)),
                 write_timeout: Some(Duration::from_secs(5)),
+                shutdown_grace: Duration::from_secs(2),
             };
             let serving = tokio::spawn(async move {
                 let mut transport = BuiltinFraming::new(framing, max).transport(
@@ -673,6 +706,7 @@ mod timers {
             concurrent: false,
             idle_timeout: Some(Duration::from_secs(300)),
             write_timeout: Some(Duration::from_secs(30)),
+            shutdown_grace: Duration::from_secs(2),
         };
         let serving = tokio::spawn(async move {
             let mut transport = BuiltinFraming::new(Framing::LengthDelimited, 1024).transport(
@@ -719,6 +753,7 @@ mod timers {
             concurrent: false,
             idle_timeout: Some(Duration::from_secs(10)),
             write_timeout: None,
+            shutdown_grace: Duration::from_secs(2),
         };
         let serving =
             tokio::spawn(async move {
@@ -777,6 +812,7 @@ mod backpressure {
             concurrent: false,
             idle_timeout: None,
             write_timeout: None,
+            shutdown_grace: Duration::from_secs(2),
         }
     }
 

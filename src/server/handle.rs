@@ -45,4 +45,26 @@ impl Handle {
     pub fn stats(&self) -> Stats {
         self.shared.stats()
     }
+
+    /// Completes once every pipe instance (Unix: accept slot) of the server
+    /// is listening: from then on a client is served without waiting for
+    /// the server to start. At once if it already is; never if the server
+    /// is never served (framed serving starts its instances on its first
+    /// poll, [`into_incoming`](super::Server::into_incoming) at once). The
+    /// moment to tell a service manager the server is up, or to print its
+    /// address for whoever waits on it.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn run(server: pipeserve::Server, svc: tower::util::BoxCloneService<bytes::Bytes, bytes::Bytes, std::convert::Infallible>) {
+    /// let (handle, address) = (server.handle(), server.local_addr().clone());
+    /// let serving = tokio::spawn(server.serve(svc));
+    /// handle.ready().await;
+    /// println!("listening on {address}");
+    /// # }
+    /// ```
+    pub async fn ready(&self) {
+        self.shared.ready().await
+    }
 }

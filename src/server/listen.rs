@@ -274,4 +274,10 @@ impl<A: Accept> sys::Slot for AcceptSlot<A> {
     fn recover(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    /// A connection your listener has ready now, if it says so at once.
+    async fn last_accept(&mut self) -> Option<io::Result<(A::Io, Peer)>> {
+        use futures_util::FutureExt;
+        self.accept().now_or_never()
+    }
 }

@@ -14,6 +14,7 @@ mod incoming;
 mod info;
 mod listen;
 mod pool;
+mod ready;
 mod serve;
 mod shutdown;
 mod stats;

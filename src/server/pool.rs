@@ -44,6 +44,7 @@ use super::{
     admission::{Admission, Held, Place},
     authorize::Authorizer,
     end::{self, End},
+    ready::Ready,
     shutdown::Shutdown,
     stats::{Counters, Stats, Summary},
     ConnectionInfo,
@@ -70,6 +71,8 @@ pub(crate) struct Config {
     pub(crate) authorize_timeout: Duration,
     /// The most connections one user may hold at once.
     pub(crate) per_user: Option<usize>,
+    /// Whether to tell systemd when the server is ready and stopping.
+    pub(crate) systemd_notify: bool,
 }
 
 impl Config {
@@ -91,6 +94,7 @@ impl std::fmt::Debug for Config {
             .field("authorize", &self.authorize.len())
             .field("authorize_timeout", &self.authorize_timeout)
             .field("per_user", &self.per_user)
+            .field("systemd_notify", &self.systemd_notify)
             .finish()
     }
 }
@@ -142,12 +146,15 @@ pub(crate) struct Shared {
     /// spares: a client accepted while every place is taken waits,
     /// connected, as in a socket's listen backlog.
     admission: Arc<Admission>,
+    /// Whether every instance listens yet.
+    ready: Ready,
 }
 
 impl Shared {
     pub(crate) fn new(config: Config) -> Arc<Self> {
         Arc::new(Shared {
             admission: Admission::new(config.instances, config.per_user),
+            ready: Ready::new(config.systemd_notify),
             config,
             shutdown_request: CancellationToken::new(),
             shutdown: Shutdown::default(),
@@ -172,6 +179,11 @@ impl Shared {
             waiting: self.admission.waiting(),
             ..self.counters.stats()
         }
+    }
+
+    /// Completes once every instance listens.
+    pub(crate) async fn ready(&self) {
+        self.ready.wait().await
     }
 
     /// The stop signal of instances and framed connections.
@@ -209,13 +221,15 @@ impl Shared {
     }
 
     /// Until when a connection that ended with `end` waits for its client's
-    /// EOF: the linger timeout, or after a shutdown the drain deadline.
-    fn linger_deadline(&self, end: &End) -> Instant {
+    /// EOF: the linger timeout, and never past a graceful shutdown's drain
+    /// deadline. A connection the shutdown ended has answered what it read,
+    /// so its client is done once it has read the replies: waiting longer
+    /// would only wait on a client that sent one request too many.
+    fn linger_deadline(&self) -> Instant {
         let linger = Instant::now() + self.config.linger;
-        match (self.drain_deadline.get(), end) {
-            (Some(&drain), End::Shutdown) => drain,
-            (Some(&drain), _) => drain.min(linger),
-            (None, _) => linger,
+        match self.drain_deadline.get() {
+            Some(&drain) => drain.min(linger),
+            None => linger,
         }
     }
 }
@@ -238,6 +252,7 @@ where
     /// Starts one task per slot of `listener`, on the current runtime.
     pub(crate) fn start(mut listener: L, role: R, shared: Arc<Shared>) -> Self {
         let slots = listener.take_slots();
+        shared.ready.expect(slots.len(), listener.describe());
         let mut pool = Pool {
             listener,
             role,
@@ -293,6 +308,7 @@ where
     /// socket file goes), listening instances close, framed connections
     /// stop reading. Connections in progress go on.
     pub(crate) fn stop_accepting(&self) {
+        self.shared.ready.stopping();
         self.listener.stop();
         self.shared.shutdown.cancel();
     }
@@ -354,14 +370,28 @@ where
     R: Role<S::Io>,
 {
     let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
+    let mut announced = false;
     loop {
         let listening = shared.counters.listening();
+        if !announced {
+            announced = true;
+            shared.ready.listening();
+        }
         let accepted = tokio::select! {
             biased;
-            _ = shared.shutdown.cancelled() => return,
-            accepted = slot.accept() => accepted,
+            _ = shared.shutdown.cancelled() => None,
+            accepted = slot.accept() => Some(accepted),
         };
         drop(listening);
+        // Stopping: a client that connected meanwhile is served, and then
+        // the instance closes (see `Slot::last_accept`).
+        let accepted = match accepted {
+            Some(accepted) => accepted,
+            None => match slot.last_accept().await {
+                Some(accepted) => accepted,
+                None => return,
+            },
+        };
         let (mut io, mut peer) = match accepted {
             Ok(accepted) => {
                 backoff.reset();
@@ -385,23 +415,19 @@ where
         // us: before a byte of it reaches a service, and before it takes a
         // place among those served, so that no client, however slow to
         // identify or to judge, holds one. Both within the authorize timeout.
+        // A client once connected is judged and served even if the server
+        // begins to shut down meanwhile (the drain deadline bounds it all).
         let deadline = deadline_after(shared.config.authorize_timeout);
         let judged = shared.config.judges();
-        let identified = until(&shared, deadline, slot.identify(&mut io, &mut peer, judged)).await;
-        let Some(identified) = identified.map(|done| done.is_some()) else {
-            let _ = slot.release(io).await;
-            return;
-        };
+        let identified = until(deadline, slot.identify(&mut io, &mut peer, judged))
+            .await
+            .is_some();
         let client_pid = peer.pid;
         let info = ConnectionInfo::new(shared.next_id.fetch_add(1, Relaxed) + 1, index, peer);
         let span = tracing::debug_span!("conn", id = info.id(), instance = index, client_pid);
         let held = match admit(&shared, &info, identified, deadline).await {
-            None => {
-                let _ = slot.release(io).await;
-                return;
-            }
-            Some(Ok(held)) => held,
-            Some(Err(why)) => {
+            Ok(held) => held,
+            Err(why) => {
                 shared.counters.refused();
                 debug!(parent: &span, reason = %why, "client refused");
                 release(&mut slot, io, index, &shared).await;
@@ -412,13 +438,7 @@ where
         // connected, for its turn.
         let serving = match held.try_place() {
             Some(place) => place,
-            None => {
-                let Some(place) = unless_shutdown(&shared, held.place()).await else {
-                    let _ = slot.release(io).await;
-                    return;
-                };
-                place
-            }
+            None => held.place().await,
         };
         let active = shared.counters.open();
         trace!(parent: &span, "client connected");
@@ -442,7 +462,7 @@ where
             debug!(parent: &span, "connection lost; replacing the instance");
             continue;
         };
-        let closed = end::close(&mut io, &end, shared.linger_deadline(&end))
+        let closed = end::close(&mut io, &end, shared.linger_deadline())
             .instrument(span.clone())
             .await;
         shared.counters.ended(&end);
@@ -461,14 +481,14 @@ where
 
 /// Judges a new client before it takes a place: identified (when clients
 /// are judged: see [`Config::judges`]), within its user's share, let in by
-/// every rule, all by `deadline`. `None` on shutdown; the refusal's reason
-/// if refused, counted.
+/// every rule, all by `deadline`. The refusal's reason if refused,
+/// counted.
 async fn admit(
     shared: &Shared,
     info: &ConnectionInfo,
     identified: bool,
     deadline: Instant,
-) -> Option<Result<Held, BoxError>> {
+) -> Result<Held, BoxError> {
     let config = &shared.config;
     let timed_out = |stage: &str| -> BoxError {
         shared.counters.authorize_timed_out();
@@ -476,7 +496,7 @@ async fn admit(
         format!("{stage} within the authorize timeout ({timeout:?})").into()
     };
     if !identified {
-        return Some(Err(timed_out("the client was not identified")));
+        return Err(timed_out("the client was not identified"));
     }
     // The share first: a user over it is refused without asking the rules,
     // and a client the rules are still judging counts in it.
@@ -484,19 +504,17 @@ async fn admit(
         Ok(held) => held,
         Err(over) => {
             shared.counters.over_share();
-            return Some(Err(over.to_string().into()));
+            return Err(over.to_string().into());
         }
     };
     if config.authorize.is_empty() {
-        return Some(Ok(held));
+        return Ok(held);
     }
-    Some(
-        match until(shared, deadline, shared.authorize(info)).await? {
-            Some(Ok(())) => Ok(held),
-            Some(Err(why)) => Err(why),
-            None => Err(timed_out("the rules did not decide")),
-        },
-    )
+    match until(deadline, shared.authorize(info)).await {
+        Some(Ok(())) => Ok(held),
+        Some(Err(why)) => Err(why),
+        None => Err(timed_out("the rules did not decide")),
+    }
 }
 
 /// Now plus `timeout`, or (for a timeout too large to add) a deadline that
@@ -507,27 +525,14 @@ fn deadline_after(timeout: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
-/// Runs `fut` until `deadline` unless the server shuts down first: `None`
-/// on shutdown, `Some(None)` when the deadline passed. A future ready at
-/// once (a Unix client's identity, a token rule) costs no timer and no wait
-/// on the shared shutdown signal.
-async fn until<F: Future>(shared: &Shared, deadline: Instant, fut: F) -> Option<Option<F::Output>> {
+/// Runs `fut` until `deadline`: `None` when the deadline passed. A future
+/// ready at once (a Unix client's identity, a token rule) costs no timer.
+async fn until<F: Future>(deadline: Instant, fut: F) -> Option<F::Output> {
     let mut fut = std::pin::pin!(fut);
     if let Poll::Ready(out) = poll_once(fut.as_mut()).await {
-        return Some(Some(out));
+        return Some(out);
     }
-    unless_shutdown(shared, tokio::time::timeout_at(deadline, fut))
-        .await
-        .map(Result::ok)
-}
-
-/// Runs `fut` unless the server shuts down first (`None`).
-async fn unless_shutdown<F: Future>(shared: &Shared, fut: F) -> Option<F::Output> {
-    tokio::select! {
-        biased;
-        _ = shared.shutdown.cancelled() => None,
-        out = fut => Some(out),
-    }
+    tokio::time::timeout_at(deadline, fut).await.ok()
 }
 
 /// Polls `fut` once.

@@ -21,6 +21,10 @@
 //!   `Impersonation` (Windows: act as a pipe's client; elsewhere never made);
 //! - `measure` (feature `test-util`): process measurements for tests.
 //!
+//! And, with the `systemd` feature on Unix, `systemd.rs`: telling systemd
+//! of readiness and stopping (`notify_ready`, `notify_stopping`: no-ops
+//! elsewhere), and the sockets it passes (`bind_activated`).
+//!
 //! And, for both, [`Backoff`] and [`accept_in_turn`].
 //!
 //! Errors of `bind` and of name resolution carry their meaning in the
@@ -38,6 +42,19 @@ mod unix;
 pub use self::unix::PipeStream;
 #[cfg(unix)]
 pub(crate) use self::unix::*;
+
+#[cfg(all(unix, feature = "systemd"))]
+mod systemd;
+#[cfg(all(unix, feature = "systemd"))]
+pub(crate) use self::systemd::{notify_ready, notify_stopping};
+
+/// Without systemd (another platform, or the feature off), nobody to tell.
+#[cfg(not(all(unix, feature = "systemd")))]
+pub(crate) fn notify_ready(_status: &str) {}
+
+/// As [`notify_ready`].
+#[cfg(not(all(unix, feature = "systemd")))]
+pub(crate) fn notify_stopping() {}
 
 #[cfg(windows)]
 mod windows;
@@ -124,6 +141,15 @@ pub(crate) trait Slot: Send + 'static {
 
     /// Replaces the instance after a failure.
     fn recover(&mut self) -> io::Result<()>;
+
+    /// The server stops listening: returns a client that is already
+    /// connected to this instance (Windows) or waiting in the listen backlog
+    /// (Unix), to be served, asked of the system itself rather than of
+    /// readiness the reactor may not have seen yet; `None` once there is
+    /// none, and the instance is closed (Windows) so that no client can
+    /// connect to it any more. So a client that connected while the server
+    /// shut down is served, and one that did not is never connected.
+    fn last_accept(&mut self) -> impl Future<Output = Option<io::Result<(Self::Io, Peer)>>> + Send;
 }
 
 /// The listening side of a server: its slots, and what stops new clients
@@ -168,6 +194,13 @@ pub(crate) struct ListenOptions {
     pub(crate) reject_remote_clients: bool,
     /// Windows: `FILE_FLAG_FIRST_PIPE_INSTANCE` on the first instance.
     pub(crate) first_pipe_instance: bool,
+    /// Windows: room for a successor's instances (`nMaxInstances`
+    /// unlimited). Implied by `takeover`.
+    #[cfg_attr(unix, allow(dead_code))]
+    pub(crate) upgradable: bool,
+    /// Take the name over from a running server of this user, instead of
+    /// claiming it first (see `Builder::takeover`).
+    pub(crate) takeover: bool,
     /// Windows: the pipe's security descriptor.
     pub(crate) security: Security,
     /// Unix: refuse a socket directory another user could change.
@@ -199,6 +232,41 @@ pub(crate) enum Security {
     Allow { sids: Vec<String>, low_label: bool },
     /// The system's default DACL.
     SystemDefault,
+}
+
+/// A name held by another user's server: a takeover refuses it. Kept
+/// inside the `io::Error` so that the caller can tell it from other
+/// refusals of `bind` ([`is_not_ours`]).
+#[derive(Debug)]
+struct NotOurs(String);
+
+impl std::fmt::Display for NotOurs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotOurs {}
+
+/// The error of a takeover that found another user's server.
+pub(crate) fn not_ours(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::PermissionDenied, NotOurs(msg))
+}
+
+/// Whether `e` is [`not_ours`].
+pub(crate) fn is_not_ours(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<NotOurs>())
+}
+
+/// The error of a takeover that found no running server to take over.
+pub(crate) fn nothing_to_take_over(path: &std::path::Path, why: &io::Error) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!(
+            "no server is running on {} to take over ({why}); start it without takeover",
+            path.display()
+        ),
+    )
 }
 
 /// Runs `accept` once it is this slot's turn: one slot at a time waits on a

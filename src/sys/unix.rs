@@ -4,8 +4,9 @@
 //! so at most N connections are served at once and further clients wait in
 //! the listen backlog until a slot frees.
 //!
-//! The one `unsafe` here asks the kernel who this process runs as
-//! (`geteuid`, `getegid`); everything else is safe std and tokio. The stubs
+//! The `unsafe` here asks the kernel who this process runs as
+//! (`geteuid`, `getegid`) and, for socket activation, whether a passed
+//! descriptor listens (`getsockopt`); everything else is safe std and tokio. The stubs
 //! of what only Windows has (message pipes, impersonation) are here too,
 //! uninhabited.
 #![allow(unsafe_code)]
@@ -117,17 +118,26 @@ fn check_len(path: PathBuf) -> io::Result<PathBuf> {
 #[derive(Debug)]
 struct SocketFile {
     listener: UnixListener,
+    /// The same listening socket, to accept from with a system call of its
+    /// own when the server stops (`last_accept`): tokio's `accept` asks the
+    /// kernel only once the reactor has seen the socket readable.
+    backlog: std::os::unix::net::UnixListener,
     /// Whose turn it is to wait on the listener (see
     /// [`accept_in_turn`](super::accept_in_turn)).
     turn: tokio::sync::Mutex<()>,
     path: PathBuf,
     dev: u64,
     ino: u64,
+    /// Whether the file is ours to remove: not a socket systemd passed.
+    owned: bool,
 }
 
 impl SocketFile {
     /// Removes the socket file if it is still ours.
     fn remove(&self) {
+        if !self.owned {
+            return;
+        }
         if let Ok(md) = fs::symlink_metadata(&self.path) {
             if md.dev() == self.dev && md.ino() == self.ino {
                 let _ = fs::remove_file(&self.path);
@@ -200,16 +210,29 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
         .file_name()
         .ok_or_else(|| invalid(format!("{} names no socket file", path.display())))?;
     let path = &parent.join(file_name);
-    remove_if_stale(path)?;
+    if opts.takeover {
+        check_running_server(path)?;
+    } else {
+        remove_if_stale(path)?;
+    }
     let private = private_dir(&parent).map_err(|e| at(path, e))?;
     let staged = private.join("s");
-    let bound = UnixListener::bind(&staged)
+    let bound = std::os::unix::net::UnixListener::bind(&staged)
         .and_then(|l| set_group(&staged, opts.socket_group).map(|()| l))
         .and_then(|l| {
             let mode = fs::Permissions::from_mode(opts.socket_mode);
             fs::set_permissions(&staged, mode).map(|()| l)
         })
-        .and_then(|l| fs::hard_link(&staged, path).map(|()| l));
+        .and_then(|l| {
+            if opts.takeover {
+                // Atomically in place of the running server's socket: a
+                // client finds one or the other, never no socket.
+                fs::rename(&staged, path)
+            } else {
+                fs::hard_link(&staged, path)
+            }
+            .map(|()| l)
+        });
     let _ = fs::remove_file(&staged);
     let _ = fs::remove_dir(&private);
     let listener = bound.map_err(|e| match e.kind() {
@@ -219,17 +242,138 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
         _ => at(path, e),
     })?;
     let md = fs::symlink_metadata(path).map_err(|e| at(path, e))?;
-    let file = Arc::new(SocketFile {
-        listener,
-        turn: tokio::sync::Mutex::new(()),
-        path: path.to_owned(),
-        dev: md.dev(),
-        ino: md.ino(),
-    });
+    let file = Arc::new(listening(listener, path.to_owned(), &md, true)?);
     let slots = (0..opts.instances)
         .map(|_| PipeSlot { file: file.clone() })
         .collect();
     Ok(Bound { file, slots })
+}
+
+/// The socket file of `listener`, bound at `path` (whose metadata is `md`),
+/// removed at shutdown if `owned`.
+fn listening(
+    listener: std::os::unix::net::UnixListener,
+    path: PathBuf,
+    md: &fs::Metadata,
+    owned: bool,
+) -> io::Result<SocketFile> {
+    listener.set_nonblocking(true)?;
+    let backlog = listener.try_clone()?;
+    Ok(SocketFile {
+        listener: UnixListener::from_std(listener)?,
+        backlog,
+        turn: tokio::sync::Mutex::new(()),
+        path,
+        dev: md.dev(),
+        ino: md.ino(),
+        owned,
+    })
+}
+
+/// Serves the first socket systemd passed (socket activation), as `bind`
+/// serves its own: the same accept slots, peer credentials and rules. The
+/// socket file is systemd's: never removed, not even at shutdown (systemd
+/// keeps listening, and clients that connect meanwhile wait in the backlog
+/// for the next start). Refuses a descriptor that is not a listening Unix
+/// stream socket with a path.
+#[cfg(feature = "systemd")]
+pub(crate) fn bind_activated(opts: &ListenOptions) -> io::Result<(Bound, PathBuf)> {
+    let fd = super::systemd::first_listen_fd()?;
+    let not_ours = |what: &str| {
+        invalid(format!(
+            "the socket systemd passed (fd 3) is {what}: pipeserve serves a listening unix stream socket with a path (ListenStream=/path)"
+        ))
+    };
+    if !accepts_connections(&fd) {
+        return Err(not_ours("not listening for connections"));
+    }
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    let path = listener
+        .local_addr()
+        .map_err(|_| not_ours("not a unix socket"))?
+        .as_pathname()
+        .map(Path::to_owned)
+        .ok_or_else(|| not_ours("unnamed or abstract"))?;
+    let md = fs::symlink_metadata(&path).map_err(|e| at(&path, e))?;
+    let file = Arc::new(listening(listener, path.clone(), &md, false)?);
+    let slots = (0..opts.instances)
+        .map(|_| PipeSlot { file: file.clone() })
+        .collect();
+    Ok((Bound { file, slots }, path))
+}
+
+/// Whether `fd` is a socket listening for connections (`SO_ACCEPTCONN`).
+#[cfg(feature = "systemd")]
+fn accepts_connections(fd: &impl std::os::fd::AsRawFd) -> bool {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // Safety: `fd` is open for the call (borrowed); `value` and `len` are
+    // valid places for an int option and its length, `len` its size.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    rc == 0 && value != 0
+}
+
+/// Checks, before a takeover, that the socket at `path` is served, and by
+/// this user: its peer credentials (the listener's, from the kernel) say
+/// who listens. Refuses no server (`AddrInUse`, as `nothing_to_take_over`)
+/// and another user's ([`not_ours`](super::not_ours)).
+fn check_running_server(path: &Path) -> io::Result<()> {
+    let md = fs::symlink_metadata(path).map_err(|e| super::nothing_to_take_over(path, &e))?;
+    if !md.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{} exists and is not a socket; not taking it over",
+                path.display()
+            ),
+        ));
+    }
+    // As in `remove_if_stale`, never a blocking connect; a full backlog is
+    // waited out a little.
+    let mut backoff = super::Backoff::new(
+        std::time::Duration::from_millis(1),
+        std::time::Duration::from_millis(50),
+    );
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let probe = loop {
+        let probe = tokio::net::UnixSocket::new_stream()
+            .map_err(|e| at(path, e))?
+            .connect(path)
+            .now_or_never();
+        match probe {
+            Some(Ok(stream)) => break stream,
+            Some(Err(e))
+                if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(backoff.next());
+            }
+            None if std::time::Instant::now() < give_up => std::thread::sleep(backoff.next()),
+            Some(Err(e)) => return Err(super::nothing_to_take_over(path, &e)),
+            None => {
+                let e = io::Error::from(io::ErrorKind::WouldBlock);
+                return Err(super::nothing_to_take_over(path, &e));
+            }
+        }
+    };
+    let server = server_user(&probe).map_err(|e| at(path, e))?;
+    let me = current();
+    if !server.same(&me) {
+        return Err(super::not_ours(format!(
+            "the server on {} runs as uid {}, not as this user (uid {}): not taking it over",
+            path.display(),
+            server.uid,
+            me.uid
+        )));
+    }
+    Ok(())
 }
 
 /// Gives the staged socket its group, if asked: the server's user must be
@@ -394,13 +538,43 @@ impl super::Slot for PipeSlot {
     fn recover(&mut self) -> io::Result<()> {
         Ok(())
     }
+
+    /// The clients still in the listen backlog, one per call, with a real
+    /// `accept` each (non-blocking: the socket is). The socket file is
+    /// gone by now (or another server's), so no new client can join them.
+    async fn last_accept(&mut self) -> Option<io::Result<(UnixStream, Peer)>> {
+        let _turn = self.file.turn.lock().await;
+        loop {
+            return match self.file.backlog.accept() {
+                Ok((stream, _)) => Some(
+                    stream
+                        .set_nonblocking(true)
+                        .and_then(|()| UnixStream::from_std(stream))
+                        .map(|stream| {
+                            let peer = peer_of(&stream);
+                            (stream, peer)
+                        }),
+                ),
+                // A client that gave up while queued: the next one.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => None,
+            };
+        }
+    }
 }
 
 /// Accepts a client of `listener`, with its peer credentials: the one
 /// accept path of bound sockets and of a `UnixListener` brought by the user.
 pub(crate) async fn accept(listener: &UnixListener) -> io::Result<(UnixStream, Peer)> {
     let (stream, _) = listener.accept().await?;
-    let peer = match stream.peer_cred() {
+    let peer = peer_of(&stream);
+    Ok((stream, peer))
+}
+
+/// What the kernel says of a connection's client: its peer credentials.
+fn peer_of(stream: &UnixStream) -> Peer {
+    match stream.peer_cred() {
         Ok(cred) => Peer {
             pid: cred.pid().and_then(|pid| u32::try_from(pid).ok()),
             user: Some(User {
@@ -410,8 +584,7 @@ pub(crate) async fn accept(listener: &UnixListener) -> io::Result<(UnixStream, P
             ..Peer::default()
         },
         Err(_) => Peer::default(),
-    };
-    Ok((stream, peer))
+    }
 }
 
 /// Who a process runs as: its (effective) uid, and its primary gid when

@@ -106,6 +106,11 @@ fn process_user(pid: u32) -> io::Result<User> {
 /// Who runs the server end of a client's pipe
 /// (`GetNamedPipeServerProcessId`, then that process's token).
 pub(crate) fn server_user(pipe: &ClientIo) -> io::Result<User> {
+    server_user_of(pipe)
+}
+
+/// [`server_user`] of any client end of a pipe.
+pub(crate) fn server_user_of(pipe: &impl AsRawHandle) -> io::Result<User> {
     let mut pid = 0u32;
     // Safety: the handle belongs to `pipe`, borrowed for the call; `pid` is a
     // valid place for the result.

@@ -10,19 +10,25 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::windows::named_pipe::{NamedPipeServer, PipeMode, ServerOptions};
+use tokio::net::windows::named_pipe::{
+    ClientOptions, NamedPipeClient, NamedPipeServer, PipeMode, ServerOptions,
+};
 use windows_sys::Win32::{
     Foundation::{
-        ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_INVALID_NAME, ERROR_NO_DATA,
-        ERROR_PIPE_BUSY, HANDLE,
+        ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_BROKEN_PIPE, ERROR_INVALID_NAME,
+        ERROR_NO_DATA, ERROR_PIPE_BUSY, HANDLE,
     },
     Security::SECURITY_ATTRIBUTES,
+    System::Pipes::PeekNamedPipe,
 };
 
 use bytes::Bytes;
 
 use super::{
-    identity::{client_is_remote, client_pid, client_session, connection_user, User},
+    identity::{
+        client_is_remote, client_pid, client_session, connection_user, current_user,
+        server_user_of, User,
+    },
     impersonate::{is_too_early, EndOnDrop, Impersonation},
     invalid,
     io::{Pipe, PipeStream},
@@ -43,15 +49,18 @@ struct Instances {
 impl Instances {
     fn create(&self, first: bool) -> io::Result<Pipe<NamedPipeServer>> {
         let opts = &self.opts;
-        let first = first && opts.first_pipe_instance;
+        // A successor joins the running server's pipe: never first.
+        let first = first && opts.first_pipe_instance && !opts.takeover;
         if opts.message_reads {
             return MessagePipe::create(&self.path, first, opts, self.security.as_ref())
                 .map(Pipe::Message);
         }
         let mut options = ServerOptions::new();
+        if let Some(max) = super::max_instances(opts) {
+            options.max_instances(max as usize);
+        }
         options
             .first_pipe_instance(first)
-            .max_instances(opts.instances)
             .pipe_mode(if opts.message_mode {
                 PipeMode::Message
             } else {
@@ -97,6 +106,7 @@ impl Slots for Bound {
     fn spare(&self) -> PipeSlot {
         PipeSlot {
             pipe: None,
+            listening: false,
             instances: self.instances.clone(),
         }
     }
@@ -112,6 +122,10 @@ impl Slots for Bound {
 /// error of `bind` itself, and returns one slot per instance.
 pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
     let security = security::descriptor(&opts.security)?;
+    // A takeover holds a connection to the running server until its own
+    // instances exist: the pipe cannot vanish in between and come back as
+    // somebody else's, with this server's instances added to it.
+    let running = opts.takeover.then(|| running_server(path)).transpose()?;
     let instances = Arc::new(Instances {
         path: path.to_owned(),
         opts: opts.clone(),
@@ -124,16 +138,61 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
                 .map_err(|e| bind_error(path, opts, i, e))?;
             Ok(PipeSlot {
                 pipe: Some(pipe),
+                listening: true,
                 instances: instances.clone(),
             })
         })
         .collect::<io::Result<_>>()?;
+    drop(running);
     Ok(Bound { instances, slots })
+}
+
+/// Connects to the server running on `path`, as a client, and checks that
+/// it runs as this user (from the connection: the pipe's server process,
+/// as a client's server check does). Refuses no server (`AddrInUse`) and
+/// another user's ([`not_ours`](crate::sys::not_ours)).
+fn running_server(path: &Path) -> io::Result<NamedPipeClient> {
+    let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
+    let give_up = std::time::Instant::now() + Duration::from_secs(2);
+    let client = loop {
+        match ClientOptions::new().open(path) {
+            Ok(client) => break client,
+            // Every instance of it busy: it runs; wait for one.
+            Err(e)
+                if e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32)
+                    && std::time::Instant::now() < give_up =>
+            {
+                std::thread::sleep(backoff.next());
+            }
+            Err(e) => return Err(crate::sys::nothing_to_take_over(path, &e)),
+        }
+    };
+    let server = server_user_of(&client)?;
+    let me = current_user()?;
+    if !server.same(&me) {
+        return Err(crate::sys::not_ours(format!(
+            "the server on {} runs as {}, not as this user ({}): not taking it over",
+            path.display(),
+            server.sid,
+            me.sid
+        )));
+    }
+    Ok(client)
 }
 
 fn bind_error(path: &Path, opts: &ListenOptions, index: usize, e: io::Error) -> io::Error {
     let code = e.raw_os_error().map(|c| c as u32);
     let path = path.display();
+    if opts.takeover && matches!(code, Some(ERROR_PIPE_BUSY | ERROR_ACCESS_DENIED)) {
+        return io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "the server running on {path} leaves no room for a successor's instances: \
+                 start it upgradable, with the same pipe mode, and a descriptor that lets \
+                 this user create instances: {e}"
+            ),
+        );
+    }
     match code {
         Some(ERROR_ACCESS_DENIED) if index == 0 && opts.first_pipe_instance => io::Error::new(
             io::ErrorKind::AddrInUse,
@@ -167,6 +226,9 @@ pub(crate) struct PipeSlot {
     /// `None` while a client is connected (the connection owns it), or after
     /// the instance failed and was dropped.
     pipe: Option<Pipe<NamedPipeServer>>,
+    /// Whether clients can connect to `pipe`: since it was created, or
+    /// asked to connect again after a disconnect.
+    listening: bool,
     instances: Arc<Instances>,
 }
 
@@ -177,6 +239,7 @@ impl Slot for PipeSlot {
         if self.pipe.is_none() {
             self.pipe = Some(self.instances.create(false)?);
         }
+        self.listening = true;
         // Cancel safe: the instance stays in the slot until a client is in
         // (a message pipe's connect in flight with it).
         match self.pipe.as_mut().expect("pipe instance just ensured") {
@@ -190,6 +253,7 @@ impl Slot for PipeSlot {
             Pipe::Message(pipe) => std::future::poll_fn(|cx| pipe.poll_connect(cx)).await?,
         }
         let pipe = self.pipe.take().expect("pipe instance present");
+        self.listening = false;
         let handle = pipe.as_raw_handle() as HANDLE;
         let impersonation = Impersonation::new(handle);
         // A remote client's pid and session name nothing on this machine.
@@ -270,8 +334,56 @@ impl Slot for PipeSlot {
         // against `max_instances`.
         self.pipe = None;
         self.pipe = Some(self.instances.create(false)?);
+        self.listening = true;
         Ok(())
     }
+
+    /// A client already connected to the instance (the pipe says so
+    /// itself: its connect's completion may not have reached the reactor
+    /// yet) is accepted; otherwise the instance is closed, and no client
+    /// can connect to it any more. What is left is the moment between the
+    /// pipe's answer and the close: a client connecting in it finds its
+    /// pipe closed before the server read a byte.
+    async fn last_accept(&mut self) -> Option<io::Result<(PipeStream, Peer)>> {
+        let connected = self.listening
+            && self
+                .pipe
+                .as_ref()
+                .is_some_and(|pipe| has_client(pipe.as_raw_handle() as HANDLE));
+        if !connected {
+            self.pipe = None;
+            return None;
+        }
+        match tokio::time::timeout(Duration::from_secs(1), self.accept()).await {
+            Ok(accepted) => Some(accepted),
+            Err(_) => {
+                self.pipe = None;
+                None
+            }
+        }
+    }
+}
+
+/// Whether a client is connected to the server end `pipe` (or came and
+/// left, its data still to read): `PeekNamedPipe` succeeds, or finds the
+/// pipe broken. A listening instance is `ERROR_PIPE_LISTENING` (Wine:
+/// `ERROR_BAD_PIPE`), a disconnected one `ERROR_PIPE_NOT_CONNECTED`.
+fn has_client(pipe: HANDLE) -> bool {
+    let mut available = 0u32;
+    // Safety: `pipe` is a live handle of the caller's for the call; no
+    // buffer is given (size 0), and `available` is a valid place for the
+    // count; the other outputs are null, as the API allows.
+    let ok = unsafe {
+        PeekNamedPipe(
+            pipe,
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+            &mut available,
+            std::ptr::null_mut(),
+        )
+    };
+    ok != 0 || io::Error::last_os_error().raw_os_error() == Some(ERROR_BROKEN_PIPE as i32)
 }
 
 /// Reads who the client is with `user_now`. Where Windows has no client
@@ -311,6 +423,7 @@ impl PipeSlot {
             match self.instances.create(false) {
                 Ok(next) => {
                     self.pipe = Some(next);
+                    self.listening = true;
                     return Ok(());
                 }
                 Err(e)
@@ -351,6 +464,8 @@ mod tests {
             out_buffer_size: 65536,
             reject_remote_clients: true,
             first_pipe_instance: true,
+            upgradable: false,
+            takeover: false,
             security: Security::OwnerOnly,
             strict_dir: false,
             socket_mode: 0o600,
@@ -359,6 +474,38 @@ mod tests {
         };
         let mut bound = bind(&path, &opts).unwrap();
         (path, bound.take_slots().pop().unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_last_accept_at_shutdown_takes_a_connected_client_and_closes_an_idle_instance() {
+        for message in [false, true] {
+            let (path, mut idle) = bound(&format!("last-idle-{message}"), message);
+            let handle = |slot: &PipeSlot| slot.pipe.as_ref().unwrap().as_raw_handle() as HANDLE;
+            assert!(!has_client(handle(&idle)), "listening, nobody there");
+            assert!(idle.last_accept().await.is_none());
+            assert!(idle.pipe.is_none(), "the idle instance is closed");
+            let refused = super::super::connect(&path, false, false).await;
+            assert!(refused.is_err(), "nobody can connect to the name any more");
+
+            let (path, mut slot) = bound(&format!("last-connected-{message}"), message);
+            let mut client = super::super::connect(&path, message, false).await.unwrap();
+            assert!(
+                has_client(handle(&slot)),
+                "a client connected, not yet accepted"
+            );
+            client.write_all(b"late").await.unwrap();
+            let (mut io, _) = slot.last_accept().await.expect("connected").unwrap();
+            let mut got = vec![0; 4];
+            io.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, b"late", "message={message}");
+
+            let (path, slot) = bound(&format!("last-gone-{message}"), message);
+            drop(super::super::connect(&path, message, false).await.unwrap());
+            assert!(
+                has_client(handle(&slot)),
+                "came and left: still to be accepted"
+            );
+        }
     }
 
     #[tokio::test]

@@ -105,7 +105,7 @@ use windows_sys::Win32::{
         Pipes::{
             ConnectNamedPipe, CreateNamedPipeW, DisconnectNamedPipe, PeekNamedPipe,
             SetNamedPipeHandleState, PIPE_ACCEPT_REMOTE_CLIENTS, PIPE_READMODE_MESSAGE,
-            PIPE_REJECT_REMOTE_CLIENTS, PIPE_TYPE_MESSAGE, PIPE_WAIT,
+            PIPE_REJECT_REMOTE_CLIENTS, PIPE_TYPE_MESSAGE, PIPE_UNLIMITED_INSTANCES, PIPE_WAIT,
         },
         Threading::{
             CreateEventW, RegisterWaitForSingleObject, UnregisterWaitEx, WaitForSingleObject,
@@ -505,7 +505,7 @@ impl MessagePipe {
                 path.as_ptr(),
                 open_mode,
                 pipe_mode,
-                opts.instances as u32,
+                super::max_instances(opts).unwrap_or(PIPE_UNLIMITED_INSTANCES),
                 opts.out_buffer_size,
                 opts.in_buffer_size,
                 0,

@@ -75,6 +75,13 @@ pub(crate) fn pipe_instances(served: usize, _judged: bool) -> usize {
     (2 * served).clamp(served, MAX_INSTANCES)
 }
 
+/// The `nMaxInstances` of every instance: the server's own count, or for a
+/// server a successor may join (`upgradable`, implied by `takeover`)
+/// `None`, unlimited (`PIPE_UNLIMITED_INSTANCES`).
+fn max_instances(opts: &crate::sys::ListenOptions) -> Option<u32> {
+    (!(opts.upgradable || opts.takeover)).then_some(opts.instances as u32)
+}
+
 fn invalid(msg: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidInput, msg)
 }
