@@ -5,6 +5,7 @@
 //!                                    [--max-frame BYTES] [--delay-ms MS] [--per-user N]
 //!                                    [--socket-mode OCTAL] [--socket-group GID]
 //!                                    [--allow authenticated|interactive|low-integrity|app-containers]...
+//!                                    [--upgradable] [--takeover]
 //! ```
 //!
 //! Prints exactly one line, `listening on ADDRESS`, to stdout once every
@@ -16,7 +17,11 @@
 //! `--socket-mode` (octal, e.g. `0660`) and `--socket-group` (a gid) set the
 //! socket's permissions; on Windows each `--allow` adds a preset (also
 //! `system`, `administrators` or a SID) to the pipe's descriptor. Options of
-//! the other platform are accepted and ignored. Logs go to stderr; set
+//! the other platform are accepted and ignored. `--upgradable` lets a
+//! successor take the name over while this server runs; `--takeover` is that
+//! successor: it joins (Windows) or replaces (Unix) the running server of the
+//! same user, prints `listening on ADDRESS` once its instances listen, and
+//! the old server, sent Ctrl-C, drains (see `docs/operations.md`). Logs go to stderr; set
 //! `RUST_LOG=pipeserve=debug` to see why connections close or are refused. An unknown flag prints the usage to stderr and
 //! exits 2; `--help` prints it to stdout and exits 0.
 
@@ -35,12 +40,15 @@ struct Args {
     socket_mode: Option<u32>,
     socket_group: Option<u32>,
     allow: Vec<Allow>,
+    upgradable: bool,
+    takeover: bool,
 }
 
 const USAGE: &str =
     "usage: echo_server [--name] NAME [--instances N] [--framing len|message|line] \
 [--max-frame BYTES] [--delay-ms MS] [--per-user N] [--socket-mode OCTAL] [--socket-group GID] \
-[--allow authenticated|interactive|low-integrity|app-containers|system|administrators|SID]...";
+[--allow authenticated|interactive|low-integrity|app-containers|system|administrators|SID]... \
+[--upgradable] [--takeover]";
 
 /// An octal mode: `0660`, `660` or `0o660`.
 fn octal(value: &str) -> Result<u32, String> {
@@ -61,6 +69,8 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         socket_mode: None,
         socket_group: None,
         allow: Vec::new(),
+        upgradable: false,
+        takeover: false,
     };
     let mut parser = lexopt::Parser::from_env();
     let mut named = false;
@@ -82,6 +92,8 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("socket-mode") => args.socket_mode = Some(parser.value()?.parse_with(octal)?),
             Long("socket-group") => args.socket_group = Some(parser.value()?.parse()?),
             Long("allow") => args.allow.push(parser.value()?.parse()?),
+            Long("upgradable") => args.upgradable = true,
+            Long("takeover") => args.takeover = true,
             Short('h') | Long("help") => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -109,7 +121,9 @@ async fn main() {
 
     let mut builder = Server::builder()
         .instances(args.instances)
-        .framing(args.framing);
+        .framing(args.framing)
+        .upgradable(args.upgradable)
+        .takeover(args.takeover);
     if let Some(max) = args.max_frame {
         builder = builder.max_frame_len(max);
     }
@@ -129,10 +143,7 @@ async fn main() {
         eprintln!("echo_server: {e}");
         std::process::exit(1);
     });
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "listening on {}", server.local_addr()).unwrap();
-    stdout.flush().unwrap();
-    drop(stdout);
+    let (handle, address) = (server.handle(), server.local_addr().clone());
 
     let delay = args.delay;
     let echo = tower::service_fn(move |req: Bytes| async move {
@@ -144,7 +155,15 @@ async fn main() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match server.serve(echo).with_graceful_shutdown(ctrl_c).await {
+    let serving = tokio::spawn(server.serve(echo).with_graceful_shutdown(ctrl_c));
+    // Printed once every instance listens: a successor's predecessor may be
+    // stopped from then on.
+    handle.ready().await;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "listening on {address}").unwrap();
+    stdout.flush().unwrap();
+    drop(stdout);
+    match serving.await.expect("the server task") {
         Ok(summary) => eprintln!(
             "echo_server: shut down: {} connections, {} requests answered, {} connections cut",
             summary.connections, summary.requests, summary.cut

@@ -5,8 +5,10 @@
 //! the listen backlog until a slot frees.
 //!
 //! The `unsafe` here asks the kernel who this process runs as
-//! (`geteuid`, `getegid`) and, for socket activation, whether a passed
-//! descriptor listens (`getsockopt`); everything else is safe std and tokio. The stubs
+//! (`geteuid`, `getegid`), connects a takeover's probe without blocking
+//! (`connect`) and, for socket activation, asks whether a passed
+//! descriptor listens (`getsockopt`); everything else is safe std and
+//! tokio. The stubs
 //! of what only Windows has (message pipes, impersonation) are here too,
 //! uninhabited.
 #![allow(unsafe_code)]
@@ -344,23 +346,14 @@ fn check_running_server(path: &Path) -> io::Result<()> {
     );
     let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let probe = loop {
-        let probe = tokio::net::UnixSocket::new_stream()
-            .map_err(|e| at(path, e))?
-            .connect(path)
-            .now_or_never();
-        match probe {
-            Some(Ok(stream)) => break stream,
-            Some(Err(e))
+        match connect_now(path) {
+            Ok(stream) => break stream,
+            Err(e)
                 if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < give_up =>
             {
                 std::thread::sleep(backoff.next());
             }
-            None if std::time::Instant::now() < give_up => std::thread::sleep(backoff.next()),
-            Some(Err(e)) => return Err(super::nothing_to_take_over(path, &e)),
-            None => {
-                let e = io::Error::from(io::ErrorKind::WouldBlock);
-                return Err(super::nothing_to_take_over(path, &e));
-            }
+            Err(e) => return Err(super::nothing_to_take_over(path, &e)),
         }
     };
     let server = server_user(&probe).map_err(|e| at(path, e))?;
@@ -374,6 +367,49 @@ fn check_running_server(path: &Path) -> io::Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Connects to the socket at `path` at once or not at all: a full backlog
+/// is `WouldBlock` (a blocking connect would wait for a place for good),
+/// nobody listening `ConnectionRefused`. Unix sockets connect in the call
+/// itself, so, unlike tokio's `connect`, nothing is left to await.
+fn connect_now(path: &Path) -> io::Result<UnixStream> {
+    use std::os::{
+        fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    };
+    // Non-blocking and close-on-exec on every Unix (tokio knows how).
+    let socket = tokio::net::UnixSocket::new_stream()?;
+    // Safety: the descriptor is the socket's, given up by `into_raw_fd`: it
+    // is owned here alone.
+    let socket = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
+    // Safety: all zeroes is a valid `sockaddr_un` (an empty address).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let bytes = path.as_os_str().as_bytes();
+    if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(invalid(format!(
+            "{} does not fit a socket address",
+            path.display()
+        )));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (to, from) in addr.sun_path.iter_mut().zip(bytes) {
+        *to = *from as libc::c_char;
+    }
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
+    // Safety: the socket is open for the call; `addr` is a valid
+    // `sockaddr_un` of at least `len` bytes, its path NUL-terminated.
+    let rc = unsafe {
+        libc::connect(
+            socket.as_raw_fd(),
+            (&raw const addr).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    UnixStream::from_std(std::os::unix::net::UnixStream::from(socket))
 }
 
 /// Gives the staged socket its group, if asked: the server's user must be

@@ -19,7 +19,7 @@ use windows_sys::Win32::{
         ERROR_NO_DATA, ERROR_PIPE_BUSY, HANDLE,
     },
     Security::SECURITY_ATTRIBUTES,
-    System::Pipes::PeekNamedPipe,
+    System::Pipes::{DisconnectNamedPipe, PeekNamedPipe},
 };
 
 use bytes::Bytes;
@@ -349,7 +349,7 @@ impl Slot for PipeSlot {
             && self
                 .pipe
                 .as_ref()
-                .is_some_and(|pipe| has_client(pipe.as_raw_handle() as HANDLE));
+                .is_some_and(|pipe| client_or_stop_listening(pipe.as_raw_handle() as HANDLE));
         if !connected {
             self.pipe = None;
             return None;
@@ -368,6 +368,25 @@ impl Slot for PipeSlot {
 /// left, its data still to read): `PeekNamedPipe` succeeds, or finds the
 /// pipe broken. A listening instance is `ERROR_PIPE_LISTENING` (Wine:
 /// `ERROR_BAD_PIPE`), a disconnected one `ERROR_PIPE_NOT_CONNECTED`.
+///
+/// Without a client the instance stops listening at once
+/// (`DisconnectNamedPipe`: a client now finds it busy and waits for
+/// another instance), instead of when its handle closes: tokio's pipe
+/// closes it only once the connect it cancels has completed through the
+/// reactor, milliseconds in which a client could still connect to an
+/// instance about to close. What is left is the moment between the two
+/// calls.
+fn client_or_stop_listening(pipe: HANDLE) -> bool {
+    if has_client(pipe) {
+        return true;
+    }
+    // Safety: `pipe` is a live server handle of the caller's for the call.
+    // Disconnecting an instance without a client fails no I/O of anyone's.
+    unsafe { DisconnectNamedPipe(pipe) };
+    false
+}
+
+/// Whether a client is connected to `pipe` (see above).
 fn has_client(pipe: HANDLE) -> bool {
     let mut available = 0u32;
     // Safety: `pipe` is a live handle of the caller's for the call; no
