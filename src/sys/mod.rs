@@ -269,6 +269,29 @@ pub(crate) fn nothing_to_take_over(path: &std::path::Path, why: &io::Error) -> i
     )
 }
 
+/// Connects a takeover's probe to the running server with `attempt`,
+/// trying again while `busy` says it is there but has no room for one more
+/// client yet (every instance busy, a full backlog), for at most 2 s; then,
+/// or on any other error, there is [`nothing_to_take_over`]. `bind` is
+/// synchronous, so the waits block its thread.
+pub(crate) fn probe_running_server<T>(
+    path: &std::path::Path,
+    mut attempt: impl FnMut() -> io::Result<T>,
+    busy: impl Fn(&io::Error) -> bool,
+) -> io::Result<T> {
+    let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
+    let give_up = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match attempt() {
+            Ok(probe) => return Ok(probe),
+            Err(e) if busy(&e) && std::time::Instant::now() < give_up => {
+                std::thread::sleep(backoff.next());
+            }
+            Err(e) => return Err(nothing_to_take_over(path, &e)),
+        }
+    }
+}
+
 /// Runs `accept` once it is this slot's turn: one slot at a time waits on a
 /// shared listener, the others queue on a fair lock. tokio wakes every task
 /// waiting on a socket's readiness, so a thousand instances waiting on the

@@ -244,24 +244,21 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
         _ => at(path, e),
     })?;
     let md = fs::symlink_metadata(path).map_err(|e| at(path, e))?;
-    let file = Arc::new(listening(listener, path.to_owned(), &md, true)?);
-    let slots = (0..opts.instances)
-        .map(|_| PipeSlot { file: file.clone() })
-        .collect();
-    Ok(Bound { file, slots })
+    listening(listener, path.to_owned(), &md, true, opts.instances)
 }
 
 /// The socket file of `listener`, bound at `path` (whose metadata is `md`),
-/// removed at shutdown if `owned`.
+/// removed at shutdown if `owned`, and its `instances` accept slots.
 fn listening(
     listener: std::os::unix::net::UnixListener,
     path: PathBuf,
     md: &fs::Metadata,
     owned: bool,
-) -> io::Result<SocketFile> {
+    instances: usize,
+) -> io::Result<Bound> {
     listener.set_nonblocking(true)?;
     let backlog = listener.try_clone()?;
-    Ok(SocketFile {
+    let file = Arc::new(SocketFile {
         listener: UnixListener::from_std(listener)?,
         backlog,
         turn: tokio::sync::Mutex::new(()),
@@ -269,7 +266,11 @@ fn listening(
         dev: md.dev(),
         ino: md.ino(),
         owned,
-    })
+    });
+    let slots = (0..instances)
+        .map(|_| PipeSlot { file: file.clone() })
+        .collect();
+    Ok(Bound { file, slots })
 }
 
 /// Serves the first socket systemd passed (socket activation), as `bind`
@@ -297,11 +298,8 @@ pub(crate) fn bind_activated(opts: &ListenOptions) -> io::Result<(Bound, PathBuf
         .map(Path::to_owned)
         .ok_or_else(|| not_ours("unnamed or abstract"))?;
     let md = fs::symlink_metadata(&path).map_err(|e| at(&path, e))?;
-    let file = Arc::new(listening(listener, path.clone(), &md, false)?);
-    let slots = (0..opts.instances)
-        .map(|_| PipeSlot { file: file.clone() })
-        .collect();
-    Ok((Bound { file, slots }, path))
+    let bound = listening(listener, path.clone(), &md, false, opts.instances)?;
+    Ok((bound, path))
 }
 
 /// Whether `fd` is a socket listening for connections (`SO_ACCEPTCONN`).
@@ -330,32 +328,15 @@ fn accepts_connections(fd: &impl std::os::fd::AsRawFd) -> bool {
 fn check_running_server(path: &Path) -> io::Result<()> {
     let md = fs::symlink_metadata(path).map_err(|e| super::nothing_to_take_over(path, &e))?;
     if !md.file_type().is_socket() {
-        return Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!(
-                "{} exists and is not a socket; not taking it over",
-                path.display()
-            ),
-        ));
+        return Err(not_a_socket(path, "taking it over"));
     }
     // As in `remove_if_stale`, never a blocking connect; a full backlog is
     // waited out a little.
-    let mut backoff = super::Backoff::new(
-        std::time::Duration::from_millis(1),
-        std::time::Duration::from_millis(50),
-    );
-    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(2);
-    let probe = loop {
-        match connect_now(path) {
-            Ok(stream) => break stream,
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock && std::time::Instant::now() < give_up =>
-            {
-                std::thread::sleep(backoff.next());
-            }
-            Err(e) => return Err(super::nothing_to_take_over(path, &e)),
-        }
-    };
+    let probe = super::probe_running_server(
+        path,
+        || connect_now(path),
+        |e| e.kind() == io::ErrorKind::WouldBlock,
+    )?;
     let server = server_user(&probe).map_err(|e| at(path, e))?;
     let me = current();
     if !server.same(&me) {
@@ -437,6 +418,14 @@ fn in_use(path: &Path) -> io::Error {
     )
 }
 
+/// Something at `path` that is not a socket: never replaced or removed.
+fn not_a_socket(path: &Path, doing: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!("{} exists and is not a socket; not {doing}", path.display()),
+    )
+}
+
 /// Removes a socket file nobody listens on; refuses a live one or a non-socket.
 fn remove_if_stale(path: &Path) -> io::Result<()> {
     let md = match fs::symlink_metadata(path) {
@@ -445,13 +434,7 @@ fn remove_if_stale(path: &Path) -> io::Result<()> {
         Err(e) => return Err(at(path, e)),
     };
     if !md.file_type().is_socket() {
-        return Err(io::Error::new(
-            io::ErrorKind::AddrInUse,
-            format!(
-                "{} exists and is not a socket; not removing it",
-                path.display()
-            ),
-        ));
+        return Err(not_a_socket(path, "removing it"));
     }
     // Never a blocking connect: a socket whose backlog is full would block
     // `bind` for good. A non-blocking one answers at once: connected or

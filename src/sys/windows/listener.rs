@@ -152,21 +152,12 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
 /// as a client's server check does). Refuses no server (`AddrInUse`) and
 /// another user's ([`not_ours`](crate::sys::not_ours)).
 fn running_server(path: &Path) -> io::Result<NamedPipeClient> {
-    let mut backoff = Backoff::new(Duration::from_millis(1), Duration::from_millis(50));
-    let give_up = std::time::Instant::now() + Duration::from_secs(2);
-    let client = loop {
-        match ClientOptions::new().open(path) {
-            Ok(client) => break client,
-            // Every instance of it busy: it runs; wait for one.
-            Err(e)
-                if e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32)
-                    && std::time::Instant::now() < give_up =>
-            {
-                std::thread::sleep(backoff.next());
-            }
-            Err(e) => return Err(crate::sys::nothing_to_take_over(path, &e)),
-        }
-    };
+    // Every instance of it busy: it runs; wait for one.
+    let client = crate::sys::probe_running_server(
+        path,
+        || ClientOptions::new().open(path),
+        |e| e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32),
+    )?;
     let server = server_user_of(&client)?;
     let me = current_user()?;
     if !server.same(&me) {
