@@ -114,7 +114,9 @@ mod unix {
     use futures_util::StreamExt;
     use pipeserve::{server::authorize, Client, ConnectionInfo, Server};
 
-    use super::{unique_name, until_stats, within};
+    use tokio::io::AsyncWriteExt;
+
+    use super::{frame, raw_connect, read_frame, unique_name, until_stats, within};
 
     /// Two uids and a group that are not root's and not each other's.
     const ALICE: u32 = 64001;
@@ -272,6 +274,166 @@ mod unix {
         );
         // Hold the connections until the parent closes stdin.
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    }
+
+    /// The child servers and takeovers of the takeover tests: with
+    /// `PIPESERVE_CHILD_SERVE=PATH`, an upgradable echo server on `PATH`
+    /// that prints `listening` and serves until stdin closes; with
+    /// `PIPESERVE_CHILD_TAKEOVER=PATH`, a takeover of `PATH` that prints
+    /// how it ended.
+    #[test]
+    fn child_server() {
+        let serve = std::env::var("PIPESERVE_CHILD_SERVE").ok();
+        let takeover = std::env::var("PIPESERVE_CHILD_TAKEOVER").ok();
+        if serve.is_none() && takeover.is_none() {
+            return;
+        }
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            if let Some(path) = takeover {
+                match Server::builder().takeover(true).bind(&path) {
+                    Ok(_) => println!("takeover: taken"),
+                    Err(e) => println!(
+                        "takeover: refused identity={} addr_in_use={}: {e}",
+                        e.is_identity(),
+                        e.is_addr_in_use()
+                    ),
+                }
+                return;
+            }
+            let server = Server::builder()
+                .upgradable(true)
+                .socket_mode(0o666)
+                .bind(&serve.unwrap())
+                .unwrap();
+            let handle = server.handle();
+            let echo =
+                tower::service_fn(
+                    |req: Bytes| async move { Ok::<_, std::convert::Infallible>(req) },
+                );
+            let serving = tokio::spawn(server.serve(echo));
+            handle.ready().await;
+            println!("listening");
+            tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new()))
+                .await
+                .unwrap()
+                .unwrap();
+            handle.shutdown();
+            println!("requests={}", serving.await.unwrap().unwrap().requests);
+        });
+    }
+
+    /// Runs `child_server` as `uid` with `env`; its stdout as lines.
+    fn spawn_server_child(
+        uid: u32,
+        env: (&str, &Path),
+    ) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "unix::child_server",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(env.0, env.1)
+            .uid(uid)
+            .gid(uid)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        (child, lines)
+    }
+
+    /// The first line holding `key`, from `key` on (the test harness may
+    /// have begun the line).
+    fn line_with(lines: &mut impl Iterator<Item = std::io::Result<String>>, key: &str) -> String {
+        lines
+            .map(Result::unwrap)
+            .find_map(|l| Some(l[l.find(key)?..].to_owned()))
+            .unwrap_or_else(|| panic!("the child said no {key:?}"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_takeover_of_another_users_server_is_refused_both_ways_and_the_server_goes_on() {
+        if !as_root() {
+            return;
+        }
+        within(120, async {
+            // A directory both may create in, as /tmp: sticky, so neither
+            // can rename or remove the other's socket.
+            let dir = open_dir("takeover-uids");
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+
+            // Alice's server; root (this process) tries to take it over.
+            let alices = dir.join("alice.sock");
+            let (mut alice, mut out) =
+                spawn_server_child(ALICE, ("PIPESERVE_CHILD_SERVE", &alices));
+            assert_eq!(line_with(&mut out, "listening"), "listening");
+            let before = fs::symlink_metadata(&alices).unwrap();
+            let err = Server::builder()
+                .takeover(true)
+                .bind(alices.to_str().unwrap())
+                .unwrap_err();
+            assert!(err.is_identity(), "{err}");
+            assert!(err.to_string().contains("uid 64001"), "{err}");
+            // Alice's server still holds its path and serves.
+            let after = fs::symlink_metadata(&alices).unwrap();
+            assert_eq!((after.ino(), after.uid()), (before.ino(), ALICE));
+            // (pipeserve's `Client` would refuse alice's server: a raw one.)
+            let mut me = raw_connect(alices.to_str().unwrap()).await;
+            me.write_all(&frame(b"still alice's")).await.unwrap();
+            assert_eq!(read_frame(&mut me).await.unwrap(), b"still alice's");
+            drop(me);
+            drop(alice.stdin.take());
+            // The takeover's probe is a connection, never a request.
+            assert_eq!(line_with(&mut out, "requests="), "requests=1");
+            assert!(alice.wait().unwrap().success());
+
+            // Root's server; alice tries to take it over.
+            let roots = dir.join("root.sock");
+            let server = Server::builder()
+                .socket_mode(0o666)
+                .upgradable(true)
+                .bind(roots.to_str().unwrap())
+                .unwrap();
+            let handle = server.handle();
+            let echo =
+                tower::service_fn(
+                    |req: Bytes| async move { Ok::<_, std::convert::Infallible>(req) },
+                );
+            let serving = tokio::spawn(server.serve(echo));
+            handle.ready().await;
+            let before = fs::symlink_metadata(&roots).unwrap();
+            let r = roots.clone();
+            let said = tokio::task::spawn_blocking(move || {
+                let (mut child, mut out) =
+                    spawn_server_child(ALICE, ("PIPESERVE_CHILD_TAKEOVER", &r));
+                let said = line_with(&mut out, "takeover: ");
+                assert!(child.wait().unwrap().success());
+                said
+            })
+            .await
+            .unwrap();
+            assert!(
+                said.starts_with("takeover: refused identity=true addr_in_use=false: ")
+                    && said.contains("uid 0"),
+                "{said}"
+            );
+            let after = fs::symlink_metadata(&roots).unwrap();
+            assert_eq!((after.ino(), after.uid()), (before.ino(), 0));
+            let me = Client::connect(roots.to_str().unwrap()).await.unwrap();
+            assert_eq!(
+                me.call(Bytes::from("still root's")).await.unwrap(),
+                "still root's"
+            );
+            drop(me);
+            handle.shutdown();
+            assert_eq!(serving.await.unwrap().unwrap().requests, 1);
+            fs::remove_dir_all(&dir).unwrap();
+        })
+        .await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
