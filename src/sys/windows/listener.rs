@@ -4,7 +4,7 @@
 use std::{
     io,
     mem::size_of,
-    os::windows::io::AsRawHandle,
+    os::windows::{fs::OpenOptionsExt, io::AsRawHandle},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -15,10 +15,11 @@ use tokio::net::windows::named_pipe::{
 };
 use windows_sys::Win32::{
     Foundation::{
-        ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_BROKEN_PIPE, ERROR_INVALID_NAME,
-        ERROR_NO_DATA, ERROR_PIPE_BUSY, HANDLE,
+        ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_BAD_PIPE, ERROR_BROKEN_PIPE,
+        ERROR_INVALID_NAME, ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_LISTENING, HANDLE,
     },
     Security::SECURITY_ATTRIBUTES,
+    Storage::FileSystem::SECURITY_IDENTIFICATION,
     System::Pipes::{DisconnectNamedPipe, PeekNamedPipe},
 };
 
@@ -331,17 +332,14 @@ impl Slot for PipeSlot {
 
     /// A client already connected to the instance (the pipe says so
     /// itself: its connect's completion may not have reached the reactor
-    /// yet) is accepted; otherwise the instance is closed, and no client
-    /// can connect to it any more. What is left is the moment between the
-    /// pipe's answer and the close: a client connecting in it finds its
-    /// pipe closed before the server read a byte.
+    /// yet) is accepted; otherwise the instance closes, and only once no
+    /// client can be connected to it (see [`settle`]).
     async fn last_accept(&mut self) -> Option<io::Result<(PipeStream, Peer)>> {
-        let connected = self.listening
-            && self
-                .pipe
-                .as_ref()
-                .is_some_and(|pipe| client_or_stop_listening(pipe.as_raw_handle() as HANDLE));
-        if !connected {
+        let serve = match &self.pipe {
+            Some(pipe) if self.listening => settle(&self.instances.path, pipe).await,
+            _ => false,
+        };
+        if !serve {
             self.pipe = None;
             return None;
         }
@@ -355,37 +353,105 @@ impl Slot for PipeSlot {
     }
 }
 
-/// Whether a client is connected to the server end `pipe` (or came and
-/// left, its data still to read): `PeekNamedPipe` succeeds, or finds the
-/// pipe broken. A listening instance is `ERROR_PIPE_LISTENING` (Wine:
-/// `ERROR_BAD_PIPE`), a disconnected one `ERROR_PIPE_NOT_CONNECTED`.
+/// How long a connected client that has sent nothing yet is given, at
+/// shutdown, to send something or leave before it is served as it is: an
+/// instance's own occupying client (see [`settle`]) leaves at once.
+const SETTLE_QUIET: Duration = Duration::from_millis(20);
+
+/// How long, and how many of its own clients, [`settle`] tries before it
+/// stops listening the old way.
+const SETTLE_FOR: Duration = Duration::from_secs(1);
+const SETTLE_OPENS: usize = 64;
+
+/// Decides, as the server stops, what becomes of the listening instance
+/// `pipe` of the pipe at `path`: `true` if a client is connected to it, to
+/// be served; `false` once it can close without dropping anyone.
 ///
-/// Without a client the instance stops listening at once
-/// (`DisconnectNamedPipe`: a client now finds it busy and waits for
-/// another instance), instead of when its handle closes: tokio's pipe
-/// closes it only once the connect it cancels has completed through the
-/// reactor, milliseconds in which a client could still connect to an
-/// instance about to close. What is left is the moment between the two
-/// calls.
-fn client_or_stop_listening(pipe: HANDLE) -> bool {
-    if has_client(pipe) {
-        return true;
+/// An instance cannot stop listening and know, in one step, that no client
+/// connected to it in the same moment: between asking the pipe and closing
+/// it, a client could connect and then find its pipe closed under its
+/// first write. So the server connects to its own listening instances
+/// instead: a client takes the instance that has listened longest (Wine
+/// and Windows alike), and the server's own client closes at once, so the
+/// instance it took is left with a client that came and went without a
+/// byte, and nobody else can connect to it any more. An instance with such
+/// a client closes; one with a real client serves it. A client of the
+/// server's own that takes another server's instance (a successor's,
+/// during a takeover) looks to that server like any client that connected
+/// and left without a byte.
+///
+/// Bounded: if its own clients cannot reach the instance within
+/// [`SETTLE_FOR`] or [`SETTLE_OPENS`], it stops listening the old way
+/// (`DisconnectNamedPipe` and close), which leaves that moment open.
+async fn settle(path: &Path, pipe: &impl AsRawHandle) -> bool {
+    let start = tokio::time::Instant::now();
+    let (mut opens, mut quiet_since) = (0, None);
+    loop {
+        match other_end(pipe) {
+            OtherEnd::Client { available } if available > 0 => return true,
+            OtherEnd::Client { .. } => {
+                // Someone is connected and has sent nothing yet: one of
+                // ours about to close, or a client that is slow to write
+                // (or waits for the server to speak first).
+                let since = *quiet_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= SETTLE_QUIET {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            OtherEnd::Gone | OtherEnd::NotListening => return false,
+            OtherEnd::Listening if opens < SETTLE_OPENS && start.elapsed() < SETTLE_FOR => {
+                opens += 1;
+                // A plain synchronous handle, closed at once (tokio's would
+                // close only once its read in flight is cancelled through
+                // the reactor): whatever instance it took is left with a
+                // client gone without a byte.
+                let own = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .security_qos_flags(SECURITY_IDENTIFICATION)
+                    .open(path);
+                match own {
+                    Ok(own) => drop(own),
+                    // Every instance of the name is busy for a moment (ours
+                    // just got a client): look again.
+                    Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32) => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connecting to our own instances failed; closing the old way");
+                        return stop_listening(pipe);
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
+            OtherEnd::Listening => return stop_listening(pipe),
+        }
     }
-    // Safety: `pipe` is a live server handle of the caller's for the call.
-    // Disconnecting an instance without a client fails no I/O of anyone's.
-    unsafe { DisconnectNamedPipe(pipe) };
-    false
 }
 
-/// Whether a client is connected to `pipe` (see above).
-fn has_client(pipe: HANDLE) -> bool {
+/// Who is on the other end of the server end `pipe`, as `PeekNamedPipe`
+/// says: it succeeds with a client connected (and counts what it has sent
+/// so far), fails with `ERROR_BROKEN_PIPE` once the client closed (with
+/// nothing left to read), with `ERROR_PIPE_LISTENING` while the instance
+/// listens (Wine: `ERROR_BAD_PIPE`), and with `ERROR_PIPE_NOT_CONNECTED`
+/// once disconnected.
+#[derive(Debug)]
+enum OtherEnd {
+    Client { available: u32 },
+    Gone,
+    Listening,
+    NotListening,
+}
+
+fn other_end(pipe: &impl AsRawHandle) -> OtherEnd {
     let mut available = 0u32;
     // Safety: `pipe` is a live handle of the caller's for the call; no
     // buffer is given (size 0), and `available` is a valid place for the
     // count; the other outputs are null, as the API allows.
     let ok = unsafe {
         PeekNamedPipe(
-            pipe,
+            pipe.as_raw_handle() as HANDLE,
             std::ptr::null_mut(),
             0,
             std::ptr::null_mut(),
@@ -393,7 +459,28 @@ fn has_client(pipe: HANDLE) -> bool {
             std::ptr::null_mut(),
         )
     };
-    ok != 0 || io::Error::last_os_error().raw_os_error() == Some(ERROR_BROKEN_PIPE as i32)
+    if ok != 0 {
+        return OtherEnd::Client { available };
+    }
+    match io::Error::last_os_error().raw_os_error().map(|c| c as u32) {
+        Some(ERROR_BROKEN_PIPE) => OtherEnd::Gone,
+        Some(ERROR_PIPE_LISTENING | ERROR_BAD_PIPE) => OtherEnd::Listening,
+        _ => OtherEnd::NotListening,
+    }
+}
+
+/// Stops `pipe` listening without asking its own clients first (the
+/// fallback of [`settle`]): `DisconnectNamedPipe` (Windows: a client now
+/// finds it busy; Wine keeps it listening until it closes). Whether a
+/// client was connected after all, to be served.
+fn stop_listening(pipe: &impl AsRawHandle) -> bool {
+    if let OtherEnd::Client { .. } = other_end(pipe) {
+        return true;
+    }
+    // Safety: `pipe` is a live server handle of the caller's for the call.
+    // Disconnecting an instance without a client fails no I/O of anyone's.
+    unsafe { DisconnectNamedPipe(pipe.as_raw_handle() as HANDLE) };
+    false
 }
 
 /// Reads who the client is with `user_now`. Where Windows has no client
@@ -487,11 +574,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_last_accept_at_shutdown_takes_a_connected_client_and_closes_an_idle_instance() {
+    async fn the_last_accept_at_shutdown_serves_a_connected_client_and_closes_an_idle_or_left_instance(
+    ) {
         for message in [false, true] {
+            let other_end = |slot: &PipeSlot| other_end(slot.pipe.as_ref().unwrap());
             let (path, mut idle) = bound(&format!("last-idle-{message}"), message);
-            let handle = |slot: &PipeSlot| slot.pipe.as_ref().unwrap().as_raw_handle() as HANDLE;
-            assert!(!has_client(handle(&idle)), "listening, nobody there");
+            assert!(matches!(other_end(&idle), OtherEnd::Listening));
             assert!(idle.last_accept().await.is_none());
             assert!(idle.pipe.is_none(), "the idle instance is closed");
             let refused = super::super::connect(&path, false, false).await;
@@ -499,22 +587,42 @@ mod tests {
 
             let (path, mut slot) = bound(&format!("last-connected-{message}"), message);
             let mut client = super::super::connect(&path, message, false).await.unwrap();
-            assert!(
-                has_client(handle(&slot)),
-                "a client connected, not yet accepted"
-            );
             client.write_all(b"late").await.unwrap();
+            assert!(
+                matches!(other_end(&slot), OtherEnd::Client { available: 4 }),
+                "a client connected and wrote, not yet accepted"
+            );
             let (mut io, _) = slot.last_accept().await.expect("connected").unwrap();
             let mut got = vec![0; 4];
             io.read_exact(&mut got).await.unwrap();
             assert_eq!(got, b"late", "message={message}");
 
-            let (path, slot) = bound(&format!("last-gone-{message}"), message);
-            drop(super::super::connect(&path, message, false).await.unwrap());
-            assert!(
-                has_client(handle(&slot)),
-                "came and left: still to be accepted"
+            // Connected, writing only after a while: still served.
+            let (path, mut slot) = bound(&format!("last-slow-{message}"), message);
+            let mut client = super::super::connect(&path, message, false).await.unwrap();
+            let writer = tokio::spawn(async move {
+                tokio::time::sleep(SETTLE_QUIET / 2).await;
+                client.write_all(b"slow").await.unwrap();
+                client
+            });
+            let (mut io, _) = slot.last_accept().await.expect("connected").unwrap();
+            io.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, b"slow", "message={message}");
+            drop(writer.await.unwrap());
+
+            // Came and left without a byte: nothing to serve. (A plain
+            // handle: tokio's closes only once the reactor has seen its
+            // read in flight cancelled.)
+            let (path, mut slot) = bound(&format!("last-gone-{message}"), message);
+            drop(
+                std::fs::File::options()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .unwrap(),
             );
+            assert!(matches!(other_end(&slot), OtherEnd::Gone));
+            assert!(slot.last_accept().await.is_none());
         }
     }
 
