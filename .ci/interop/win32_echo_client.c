@@ -5,6 +5,7 @@
  *
  * usage: win32_echo_client PIPE len|message THREADS ROUNDS SIZE...
  *        win32_echo_client PIPE oversize SIZE
+ *        win32_echo_client PIPE loop THREADS STOPFILE
  *
  * Echo mode: THREADS threads each connect once (retrying ERROR_PIPE_BUSY,
  * which it counts), then send every SIZE ROUNDS times and check each reply
@@ -14,6 +15,18 @@
  * Oversize mode: sends one message of SIZE bytes on a message-mode pipe and
  * expects the server to close the connection without a reply. Prints
  * "closed" and exits 0 if it did.
+ *
+ * Loop mode (length-prefixed): THREADS threads each loop connect -> one
+ * request -> its reply -> close until the file STOPFILE exists (for at most
+ * 120 s, so that a failed run leaves nothing behind), as clients
+ * of a server being upgraded (--upgradable, --takeover) do. CreateFile
+ * failing with ERROR_FILE_NOT_FOUND counts "not_found", ERROR_PIPE_BUSY
+ * "busy" (retried after 1 ms, as a client waiting for an instance does);
+ * the request's write failing with ERROR_NO_DATA (the instance was closed
+ * as it connected: nothing reached a server) "closed_unread"; any other
+ * failure "failed". Prints "sent=S answered=A not_found=N busy=B
+ * closed_unread=C failed=F" and exits 0 only if every request sent was
+ * answered rightly and nothing was not found, closed unread or failed.
  */
 #include <windows.h>
 #include <stdio.h>
@@ -160,8 +173,75 @@ done:
     return 0;
 }
 
+static const char *g_stopfile;
+static volatile LONG g_sent, g_not_found, g_closed_unread;
+
+static DWORD WINAPI looper(LPVOID arg)
+{
+    long id = (long)(INT_PTR)arg;
+    char req[64], reply[64];
+    ULONGLONG give_up = GetTickCount64() + 120000;
+    for (long n = 1; GetFileAttributesA(g_stopfile) == INVALID_FILE_ATTRIBUTES && GetTickCount64() < give_up; n++) {
+        HANDLE h = CreateFileA(g_pipe, GENERIC_READ | GENERIC_WRITE, 0, NULL, OPEN_EXISTING, 0, NULL);
+        if (h == INVALID_HANDLE_VALUE) {
+            DWORD err = GetLastError();
+            if (err == ERROR_PIPE_BUSY) {
+                InterlockedIncrement(&g_busy);
+            } else if (err == ERROR_FILE_NOT_FOUND) {
+                fprintf(stderr, "thread %ld: not found\n", id);
+                InterlockedIncrement(&g_not_found);
+            } else {
+                fprintf(stderr, "thread %ld: CreateFile: %lu\n", id, err);
+                InterlockedIncrement(&g_errors);
+            }
+            Sleep(1);
+            continue;
+        }
+        int len = sprintf(req + 4, "client %ld request %ld", id, n);
+        req[0] = req[1] = 0; req[2] = (char)(len >> 8); req[3] = (char)len;
+        if (!write_all(h, req, (DWORD)(len + 4))) {
+            DWORD err = GetLastError();
+            if (err == ERROR_NO_DATA) {
+                InterlockedIncrement(&g_closed_unread);
+            } else {
+                InterlockedIncrement(&g_sent);
+                InterlockedIncrement(&g_errors);
+            }
+            fprintf(stderr, "thread %ld: writing request %ld: %lu\n", id, n, err);
+            CloseHandle(h);
+            continue;
+        }
+        InterlockedIncrement(&g_sent);
+        unsigned char hdr[4];
+        if (!read_exact(h, (char *)hdr, 4) || hdr[0] || hdr[1] || ((hdr[2] << 8) | hdr[3]) != len
+            || !read_exact(h, reply, (DWORD)len)) {
+            fprintf(stderr, "thread %ld: request %ld not answered: %lu\n", id, n, GetLastError());
+            InterlockedIncrement(&g_errors);
+        } else if (memcmp(reply, req + 4, len) != 0) {
+            InterlockedIncrement(&g_mismatches);
+        } else {
+            InterlockedIncrement(&g_replies);
+        }
+        CloseHandle(h);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 5 && strcmp(argv[2], "loop") == 0) {
+        g_pipe = argv[1];
+        g_stopfile = argv[4];
+        int threads = atoi(argv[3]);
+        HANDLE th[64];
+        for (int t = 0; t < threads && t < 64; t++)
+            th[t] = CreateThread(NULL, 0, looper, (LPVOID)(INT_PTR)t, 0, NULL);
+        WaitForMultipleObjects(threads, th, TRUE, INFINITE);
+        printf("sent=%ld answered=%ld not_found=%ld busy=%ld closed_unread=%ld failed=%ld\n", g_sent,
+               g_replies, g_not_found, g_busy, g_closed_unread, g_errors + g_mismatches);
+        return (g_sent > 0 && g_sent == g_replies && g_not_found == 0 && g_closed_unread == 0
+                && g_errors == 0 && g_mismatches == 0) ? 0 : 1;
+    }
     if (argc >= 4 && strcmp(argv[2], "oversize") == 0) {
         g_pipe = argv[1];
         g_message = 1;
@@ -186,7 +266,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (argc < 6) {
-        fprintf(stderr, "usage: %s PIPE len|message THREADS ROUNDS SIZE...\n       %s PIPE oversize SIZE\n", argv[0], argv[0]);
+        fprintf(stderr, "usage: %s PIPE len|message THREADS ROUNDS SIZE...\n       %s PIPE oversize SIZE\n       %s PIPE loop THREADS STOPFILE\n", argv[0], argv[0], argv[0]);
         return 2;
     }
     g_pipe = argv[1];

@@ -45,6 +45,9 @@ struct Instances {
     path: PathBuf,
     opts: ListenOptions,
     security: Option<PipeSecurity>,
+    /// Taken to connect to our own instances at shutdown (see [`settle`]),
+    /// one connection at a time.
+    settling: tokio::sync::Mutex<()>,
 }
 
 impl Instances {
@@ -131,6 +134,7 @@ pub(crate) fn bind(path: &Path, opts: &ListenOptions) -> io::Result<Bound> {
         path: path.to_owned(),
         opts: opts.clone(),
         security,
+        settling: tokio::sync::Mutex::new(()),
     });
     let slots = (0..opts.instances)
         .map(|i| {
@@ -336,7 +340,7 @@ impl Slot for PipeSlot {
     /// client can be connected to it (see [`settle`]).
     async fn last_accept(&mut self) -> Option<io::Result<(PipeStream, Peer)>> {
         let serve = match &self.pipe {
-            Some(pipe) if self.listening => settle(&self.instances.path, pipe).await,
+            Some(pipe) if self.listening => settle(&self.instances, pipe).await,
             _ => false,
         };
         if !serve {
@@ -364,8 +368,8 @@ const SETTLE_FOR: Duration = Duration::from_secs(1);
 const SETTLE_OPENS: usize = 64;
 
 /// Decides, as the server stops, what becomes of the listening instance
-/// `pipe` of the pipe at `path`: `true` if a client is connected to it, to
-/// be served; `false` once it can close without dropping anyone.
+/// `pipe` of `instances`: `true` if a client is connected to it, to be
+/// served; `false` once it can close without dropping anyone.
 ///
 /// An instance cannot stop listening and know, in one step, that no client
 /// connected to it in the same moment: between asking the pipe and closing
@@ -375,15 +379,17 @@ const SETTLE_OPENS: usize = 64;
 /// and Windows alike), and the server's own client closes at once, so the
 /// instance it took is left with a client that came and went without a
 /// byte, and nobody else can connect to it any more. An instance with such
-/// a client closes; one with a real client serves it. A client of the
-/// server's own that takes another server's instance (a successor's,
-/// during a takeover) looks to that server like any client that connected
-/// and left without a byte.
+/// a client closes; one with a real client serves it. The server's
+/// instances connect one at a time (each until its own is taken, taking
+/// every older one on the way), so no more are made than it takes. One
+/// that takes another server's instance (a successor's that has listened
+/// longer, during a takeover) looks to that server like any client that
+/// connected and left without a byte.
 ///
 /// Bounded: if its own clients cannot reach the instance within
 /// [`SETTLE_FOR`] or [`SETTLE_OPENS`], it stops listening the old way
 /// (`DisconnectNamedPipe` and close), which leaves that moment open.
-async fn settle(path: &Path, pipe: &impl AsRawHandle) -> bool {
+async fn settle(instances: &Instances, pipe: &impl AsRawHandle) -> bool {
     let start = tokio::time::Instant::now();
     let (mut opens, mut quiet_since) = (0, None);
     loop {
@@ -401,6 +407,11 @@ async fn settle(path: &Path, pipe: &impl AsRawHandle) -> bool {
             }
             OtherEnd::Gone | OtherEnd::NotListening => return false,
             OtherEnd::Listening if opens < SETTLE_OPENS && start.elapsed() < SETTLE_FOR => {
+                let turn = instances.settling.lock().await;
+                if !matches!(other_end(pipe), OtherEnd::Listening) {
+                    // Taken while another instance had the turn.
+                    continue;
+                }
                 opens += 1;
                 // A plain synchronous handle, closed at once (tokio's would
                 // close only once its read in flight is cancelled through
@@ -410,7 +421,8 @@ async fn settle(path: &Path, pipe: &impl AsRawHandle) -> bool {
                     .read(true)
                     .write(true)
                     .security_qos_flags(SECURITY_IDENTIFICATION)
-                    .open(path);
+                    .open(&instances.path);
+                drop(turn);
                 match own {
                     Ok(own) => drop(own),
                     // Every instance of the name is busy for a moment (ours
