@@ -5,7 +5,7 @@
 //!                                    [--max-frame BYTES] [--delay-ms MS] [--per-user N]
 //!                                    [--socket-mode OCTAL] [--socket-group GID]
 //!                                    [--allow authenticated|interactive|low-integrity|app-containers]...
-//!                                    [--upgradable] [--takeover]
+//!                                    [--upgradable] [--takeover] [--systemd]
 //! ```
 //!
 //! Prints exactly one line, `listening on ADDRESS`, to stdout once every
@@ -21,7 +21,12 @@
 //! successor take the name over while this server runs; `--takeover` is that
 //! successor: it joins (Windows) or replaces (Unix) the running server of the
 //! same user, prints `listening on ADDRESS` once its instances listen, and
-//! the old server, sent Ctrl-C, drains (see `docs/operations.md`). Logs go to stderr; set
+//! the old server, sent Ctrl-C, drains (see `docs/operations.md`).
+//! `--systemd` (built with `--features systemd`) runs it as a systemd
+//! service: it tells systemd `READY=1` once it listens and `STOPPING=1` at
+//! Ctrl-C (SIGINT; `KillSignal=SIGINT` in the unit), and serves the socket
+//! systemd passes (`LISTEN_FDS`) where there is one, instead of binding
+//! NAME. Logs go to stderr; set
 //! `RUST_LOG=pipeserve=debug` to see why connections close or are refused. An unknown flag prints the usage to stderr and
 //! exits 2; `--help` prints it to stdout and exits 0.
 
@@ -42,13 +47,14 @@ struct Args {
     allow: Vec<Allow>,
     upgradable: bool,
     takeover: bool,
+    systemd: bool,
 }
 
 const USAGE: &str =
     "usage: echo_server [--name] NAME [--instances N] [--framing len|message|line] \
 [--max-frame BYTES] [--delay-ms MS] [--per-user N] [--socket-mode OCTAL] [--socket-group GID] \
 [--allow authenticated|interactive|low-integrity|app-containers|system|administrators|SID]... \
-[--upgradable] [--takeover]";
+[--upgradable] [--takeover] [--systemd]";
 
 /// An octal mode: `0660`, `660` or `0o660`.
 fn octal(value: &str) -> Result<u32, String> {
@@ -71,6 +77,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         allow: Vec::new(),
         upgradable: false,
         takeover: false,
+        systemd: false,
     };
     let mut parser = lexopt::Parser::from_env();
     let mut named = false;
@@ -94,6 +101,7 @@ fn parse_args() -> Result<Args, lexopt::Error> {
             Long("allow") => args.allow.push(parser.value()?.parse()?),
             Long("upgradable") => args.upgradable = true,
             Long("takeover") => args.takeover = true,
+            Long("systemd") => args.systemd = true,
             Short('h') | Long("help") => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -102,6 +110,29 @@ fn parse_args() -> Result<Args, lexopt::Error> {
         }
     }
     Ok(args)
+}
+
+/// Binds the name, or with `--systemd` serves as systemd's service.
+#[cfg(feature = "systemd")]
+fn bind(builder: pipeserve::server::Builder, args: &Args) -> Result<Server, pipeserve::Error> {
+    if !args.systemd {
+        return builder.bind(&args.name);
+    }
+    let builder = builder.systemd_notify(true);
+    if std::env::var_os("LISTEN_FDS").is_some() {
+        builder.bind_systemd()
+    } else {
+        builder.bind(&args.name)
+    }
+}
+
+#[cfg(not(feature = "systemd"))]
+fn bind(builder: pipeserve::server::Builder, args: &Args) -> Result<Server, pipeserve::Error> {
+    if args.systemd {
+        eprintln!("echo_server: --systemd needs the systemd feature (cargo run --features systemd --example echo_server)");
+        std::process::exit(2);
+    }
+    builder.bind(&args.name)
 }
 
 #[tokio::main]
@@ -136,10 +167,10 @@ async fn main() {
     if let Some(gid) = args.socket_group {
         builder = builder.socket_group(gid);
     }
-    for who in args.allow {
-        builder = builder.allow(who);
+    for who in &args.allow {
+        builder = builder.allow(who.clone());
     }
-    let server = builder.bind(&args.name).unwrap_or_else(|e| {
+    let server = bind(builder, &args).unwrap_or_else(|e| {
         eprintln!("echo_server: {e}");
         std::process::exit(1);
     });
