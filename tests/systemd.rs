@@ -30,7 +30,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::unique_name;
+use common::{line_with, unique_name};
 use pipeserve::{server::authorize, ConnectionInfo, Server, User};
 
 /// A uid that is neither root's nor the test's, for a refused client.
@@ -88,16 +88,6 @@ fn activated(cmd: Command, listener: RawFd) -> Command {
     sh
 }
 
-/// The first line of `stdout` that holds `key` (the test harness may have
-/// begun the line), from `key` on.
-fn line_with(stdout: &mut BufReader<ChildStdout>, key: &str) -> String {
-    stdout
-        .lines()
-        .map(Result::unwrap)
-        .find_map(|l| Some(l[l.find(key)?..].to_owned()))
-        .unwrap_or_else(|| panic!("the child said no {key:?}"))
-}
-
 /// Closes the child's stdin (its signal to shut down) and waits for it;
 /// the rest of its output.
 fn finish(mut child: Child, mut stdout: BufReader<ChildStdout>) -> String {
@@ -125,9 +115,9 @@ fn call(path: &Path, body: &str) -> Option<String> {
     Some(String::from_utf8(reply).unwrap())
 }
 
-/// Runs a server child's body: a runtime, `bind`, serving `make` until
-/// stdin closes; prints `listening on ADDRESS` once ready and
-/// `requests=N refused=N` at the end.
+/// Runs a server child's body: a runtime, `bind`, and serving until stdin
+/// closes (see `common::serve_until_stdin_closes`), with a service that
+/// replies with who the server sees; a failed bind is printed.
 fn serve_until_stdin_closes(bind: impl FnOnce() -> Result<Server, pipeserve::Error>) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
@@ -142,7 +132,6 @@ fn serve_until_stdin_closes(bind: impl FnOnce() -> Result<Server, pipeserve::Err
                 return;
             }
         };
-        let (handle, address) = (server.handle(), server.local_addr().clone());
         // Replies with who the server sees, from the connection.
         let make = tower::service_fn(|info: ConnectionInfo| async move {
             let who = format!(
@@ -155,19 +144,7 @@ fn serve_until_stdin_closes(bind: impl FnOnce() -> Result<Server, pipeserve::Err
                 async move { Ok::<_, Infallible>(Bytes::from(reply)) }
             }))
         });
-        let serving = tokio::spawn(server.serve_make(make));
-        handle.ready().await;
-        println!("listening on {address}");
-        tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new()))
-            .await
-            .unwrap()
-            .unwrap();
-        handle.shutdown();
-        let summary = serving.await.unwrap().unwrap();
-        println!(
-            "requests={} refused={}",
-            summary.requests, summary.stats.refused
-        );
+        common::serve_until_stdin_closes(server, |server| server.serve_make(make)).await;
     });
 }
 
@@ -251,7 +228,7 @@ fn systemd_hears_ready_once_every_instance_listens_and_stopping_at_shutdown() {
     let reply = call(&socket, "hello").expect("served once READY=1 was sent");
     assert!(reply.ends_with(": hello"), "{reply}");
     assert_eq!(
-        line_with(&mut stdout, "listening on "),
+        line_with((&mut stdout).lines(), "listening on "),
         format!("listening on {}", socket.display())
     );
 
@@ -277,7 +254,7 @@ fn a_socket_passed_as_systemd_does_is_served_with_peer_credentials_and_rules_and
     let mut child = activated(cmd, listener.as_raw_fd()).spawn().unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     assert_eq!(
-        line_with(&mut stdout, "listening on "),
+        line_with((&mut stdout).lines(), "listening on "),
         format!("listening on {}", path.display())
     );
     // The child serves systemd's socket: the one the test holds.

@@ -116,7 +116,10 @@ mod unix {
 
     use tokio::io::AsyncWriteExt;
 
-    use super::{frame, raw_connect, read_frame, unique_name, until_stats, within};
+    use super::{
+        frame, line_with, raw_connect, read_frame, serve_until_stdin_closes, unique_name,
+        until_stats, within,
+    };
 
     /// Two uids and a group that are not root's and not each other's.
     const ALICE: u32 = 64001;
@@ -191,12 +194,7 @@ mod unix {
                 .spawn()
                 .unwrap();
             let mut stdout = BufReader::new(child.stdout.take().unwrap());
-            // The test harness may have begun the line ("test ... ").
-            let line = (&mut stdout)
-                .lines()
-                .map(Result::unwrap)
-                .find_map(|l| Some(l[l.find("served=")?..].to_owned()))
-                .expect("the child reported");
+            let line = line_with((&mut stdout).lines(), "served=");
             let field = |name: &str| -> usize {
                 line.split(' ')
                     .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
@@ -278,7 +276,7 @@ mod unix {
 
     /// The child servers and takeovers of the takeover tests: with
     /// `PIPESERVE_CHILD_SERVE=PATH`, an upgradable echo server on `PATH`
-    /// that prints `listening` and serves until stdin closes; with
+    /// until stdin closes (`serve_until_stdin_closes`); with
     /// `PIPESERVE_CHILD_TAKEOVER=PATH`, a takeover of `PATH` that prints
     /// how it ended.
     #[test]
@@ -306,20 +304,11 @@ mod unix {
                 .socket_mode(0o666)
                 .bind(&serve.unwrap())
                 .unwrap();
-            let handle = server.handle();
             let echo =
                 tower::service_fn(
                     |req: Bytes| async move { Ok::<_, std::convert::Infallible>(req) },
                 );
-            let serving = tokio::spawn(server.serve(echo));
-            handle.ready().await;
-            println!("listening");
-            tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new()))
-                .await
-                .unwrap()
-                .unwrap();
-            handle.shutdown();
-            println!("requests={}", serving.await.unwrap().unwrap().requests);
+            serve_until_stdin_closes(server, |server| server.serve(echo)).await;
         });
     }
 
@@ -346,15 +335,6 @@ mod unix {
         (child, lines)
     }
 
-    /// The first line holding `key`, from `key` on (the test harness may
-    /// have begun the line).
-    fn line_with(lines: &mut impl Iterator<Item = std::io::Result<String>>, key: &str) -> String {
-        lines
-            .map(Result::unwrap)
-            .find_map(|l| Some(l[l.find(key)?..].to_owned()))
-            .unwrap_or_else(|| panic!("the child said no {key:?}"))
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_takeover_of_another_users_server_is_refused_both_ways_and_the_server_goes_on() {
         if !as_root() {
@@ -370,7 +350,7 @@ mod unix {
             let alices = dir.join("alice.sock");
             let (mut alice, mut out) =
                 spawn_server_child(ALICE, ("PIPESERVE_CHILD_SERVE", &alices));
-            assert_eq!(line_with(&mut out, "listening"), "listening");
+            assert!(line_with(&mut out, "listening on ").ends_with("alice.sock"));
             let before = fs::symlink_metadata(&alices).unwrap();
             let err = Server::builder()
                 .takeover(true)
@@ -388,7 +368,7 @@ mod unix {
             drop(me);
             drop(alice.stdin.take());
             // The takeover's probe is a connection, never a request.
-            assert_eq!(line_with(&mut out, "requests="), "requests=1");
+            assert_eq!(line_with(&mut out, "requests="), "requests=1 refused=0");
             assert!(alice.wait().unwrap().success());
 
             // Root's server; alice tries to take it over.

@@ -160,3 +160,39 @@ pub fn payload(seed: u8, len: usize) -> Bytes {
         .collect::<Vec<u8>>()
         .into()
 }
+
+/// The first line that holds `key`, from `key` on: a child process's
+/// report (this test binary re-run as another test, whose harness may have
+/// begun the line with "test ... ").
+pub fn line_with(lines: impl Iterator<Item = std::io::Result<String>>, key: &str) -> String {
+    lines
+        .map(Result::unwrap)
+        .find_map(|l| Some(l[l.find(key)?..].to_owned()))
+        .unwrap_or_else(|| panic!("the child said no {key:?}"))
+}
+
+/// A child process's server (this test binary re-run as one test): serves
+/// with `serve` until stdin closes (the parent's signal), printing
+/// `listening on ADDRESS` once every instance listens and
+/// `requests=N refused=N` once drained.
+pub async fn serve_until_stdin_closes(
+    server: pipeserve::Server,
+    serve: impl FnOnce(pipeserve::Server) -> pipeserve::server::Serve,
+) {
+    let (handle, address) = (server.handle(), server.local_addr().clone());
+    let serving = tokio::spawn(serve(server));
+    handle.ready().await;
+    println!("listening on {address}");
+    tokio::task::spawn_blocking(|| {
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    handle.shutdown();
+    let summary = serving.await.unwrap().unwrap();
+    println!(
+        "requests={} refused={}",
+        summary.requests, summary.stats.refused
+    );
+}
