@@ -11,7 +11,8 @@
 //! Prints exactly one line, `listening on ADDRESS`, to stdout once every
 //! instance is ready (ADDRESS: the full pipe path or the socket path), then
 //! serves until Ctrl-C (SIGINT), shuts down gracefully (requests already read
-//! are answered) and exits 0. With `--delay-ms`, the service sleeps that long
+//! are answered) and exits 0; on Unix SIGTERM does the same. With
+//! `--delay-ms`, the service sleeps that long
 //! before each reply. `--per-user N` lets each user hold at most N
 //! connections (`max_connections_per_user`). Who may connect: on Unix
 //! `--socket-mode` (octal, e.g. `0660`) and `--socket-group` (a gid) set the
@@ -23,10 +24,10 @@
 //! same user, prints `listening on ADDRESS` once its instances listen, and
 //! the old server, sent Ctrl-C, drains (see `docs/operations.md`).
 //! `--systemd` (built with `--features systemd`) runs it as a systemd
-//! service: it tells systemd `READY=1` once it listens and `STOPPING=1` at
-//! Ctrl-C (SIGINT; `KillSignal=SIGINT` in the unit), and serves the socket
-//! systemd passes (`LISTEN_FDS`) where there is one, instead of binding
-//! NAME. Logs go to stderr; set
+//! service: it tells systemd `READY=1` once it listens and `STOPPING=1`
+//! when it begins to stop (SIGTERM, systemd's stop, or SIGINT), and serves
+//! the socket systemd passed to it (`LISTEN_FDS`, `LISTEN_PID` its own)
+//! where there is one, instead of binding NAME. Logs go to stderr; set
 //! `RUST_LOG=pipeserve=debug` to see why connections close or are refused. An unknown flag prints the usage to stderr and
 //! exits 2; `--help` prints it to stdout and exits 0.
 
@@ -119,7 +120,8 @@ fn bind(builder: pipeserve::server::Builder, args: &Args) -> Result<Server, pipe
         return builder.bind(&args.name);
     }
     let builder = builder.systemd_notify(true);
-    if std::env::var_os("LISTEN_FDS").is_some() {
+    // Sockets passed to this very process (not inherited by it).
+    if std::env::var("LISTEN_PID").is_ok_and(|pid| pid == std::process::id().to_string()) {
         builder.bind_systemd()
     } else {
         builder.bind(&args.name)
@@ -133,6 +135,22 @@ fn bind(builder: pipeserve::server::Builder, args: &Args) -> Result<Server, pipe
         std::process::exit(2);
     }
     builder.bind(&args.name)
+}
+
+/// Ctrl-C (SIGINT), or on Unix SIGTERM too: how a service manager
+/// (systemd, a container runtime) asks a service to stop.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 #[tokio::main]
@@ -183,10 +201,7 @@ async fn main() {
         }
         Ok::<_, Infallible>(req)
     });
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let serving = tokio::spawn(server.serve(echo).with_graceful_shutdown(ctrl_c));
+    let serving = tokio::spawn(server.serve(echo).with_graceful_shutdown(stop_signal()));
     // Printed once every instance listens: a successor's predecessor may be
     // stopped from then on.
     handle.ready().await;

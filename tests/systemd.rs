@@ -36,6 +36,35 @@ use pipeserve::{server::authorize, ConnectionInfo, Server, User};
 /// A uid that is neither root's nor the test's, for a refused client.
 const STRANGER: u32 = 64003;
 
+/// Runs `test` on a thread of its own and fails if it takes over `secs`
+/// (a child that never answers must not hang the run). Its children are
+/// left to the pipes: they end when this process does.
+fn within(secs: u64, test: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        test();
+        let _ = done.send(());
+    });
+    match finished.recv_timeout(Duration::from_secs(secs)) {
+        Ok(()) => thread.join().unwrap(),
+        // The test panicked: its panic, as the test's.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            std::panic::resume_unwind(thread.join().unwrap_err())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            panic!("test did not finish within {secs} s")
+        }
+    }
+}
+
+/// Whether processes of other uids can run this test binary (not under a
+/// `0700` home, say).
+fn others_may_run_me() -> bool {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .all(|path| std::fs::metadata(path).is_ok_and(|md| md.permissions().mode() & 0o001 != 0))
+}
+
 /// A fresh directory for a test's sockets.
 fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(unique_name(tag));
@@ -209,88 +238,92 @@ impl NotifySocket {
 
 #[test]
 fn systemd_hears_ready_once_every_instance_listens_and_stopping_at_shutdown() {
-    let dir = scratch("notify");
-    let notify = NotifySocket::new(&dir);
-    let socket = dir.join("s.sock");
-    let mut child = child("child_notifying_server")
-        .env("NOTIFY_SOCKET", &notify.path)
-        .env("PIPESERVE_CHILD_SOCKET", &socket)
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    within(60, || {
+        let dir = scratch("notify");
+        let notify = NotifySocket::new(&dir);
+        let socket = dir.join("s.sock");
+        let mut child = child("child_notifying_server")
+            .env("NOTIFY_SOCKET", &notify.path)
+            .env("PIPESERVE_CHILD_SOCKET", &socket)
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
 
-    let ready = notify.next();
-    assert_eq!(
-        ready,
-        format!("READY=1\nSTATUS=listening on {}\n", socket.display())
-    );
-    // Ready means served now: no connect waits for the server to start.
-    let reply = call(&socket, "hello").expect("served once READY=1 was sent");
-    assert!(reply.ends_with(": hello"), "{reply}");
-    assert_eq!(
-        line_with((&mut stdout).lines(), "listening on "),
-        format!("listening on {}", socket.display())
-    );
+        let ready = notify.next();
+        assert_eq!(
+            ready,
+            format!("READY=1\nSTATUS=listening on {}\n", socket.display())
+        );
+        // Ready means served now: no connect waits for the server to start.
+        let reply = call(&socket, "hello").expect("served once READY=1 was sent");
+        assert!(reply.ends_with(": hello"), "{reply}");
+        assert_eq!(
+            line_with((&mut stdout).lines(), "listening on "),
+            format!("listening on {}", socket.display())
+        );
 
-    let rest = finish(child, stdout);
-    assert_eq!(notify.next(), "STOPPING=1\n");
-    notify.nothing_more();
-    assert!(rest.contains("requests=1 refused=0"), "{rest}");
-    std::fs::remove_dir_all(&dir).unwrap();
+        let rest = finish(child, stdout);
+        assert_eq!(notify.next(), "STOPPING=1\n");
+        notify.nothing_more();
+        assert!(rest.contains("requests=1 refused=0"), "{rest}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
 }
 
 #[test]
 fn a_socket_passed_as_systemd_does_is_served_with_peer_credentials_and_rules_and_left_in_place() {
-    let dir = scratch("activated");
-    // Reachable by a client of another uid (root's tests below).
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let path = dir.join("s.sock");
-    // systemd's side: it binds and listens, the service never does.
-    let listener = UnixListener::bind(&path).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let me = User::current().unwrap().uid();
-    let mut cmd = child("child_activated_server");
-    cmd.env("PIPESERVE_CHILD_ALLOW", me.to_string());
-    let mut child = activated(cmd, listener.as_raw_fd()).spawn().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    assert_eq!(
-        line_with((&mut stdout).lines(), "listening on "),
-        format!("listening on {}", path.display())
-    );
-    // The child serves systemd's socket: the one the test holds.
-    drop(listener);
+    within(60, || {
+        let dir = scratch("activated");
+        // Reachable by a client of another uid (root's tests below).
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let path = dir.join("s.sock");
+        // systemd's side: it binds and listens, the service never does.
+        let listener = UnixListener::bind(&path).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let me = User::current().unwrap().uid();
+        let mut cmd = child("child_activated_server");
+        cmd.env("PIPESERVE_CHILD_ALLOW", me.to_string());
+        let mut child = activated(cmd, listener.as_raw_fd()).spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        assert_eq!(
+            line_with((&mut stdout).lines(), "listening on "),
+            format!("listening on {}", path.display())
+        );
+        // The child serves systemd's socket: the one the test holds.
+        drop(listener);
 
-    // The client's uid and pid as the kernel says, through the rule.
-    let reply = call(&path, "hello").expect("the allowed user is served");
-    assert_eq!(reply, format!("uid={me} pid={}: hello", std::process::id()));
-    // Another uid: refused by the rule, never served.
-    let stranger_refused = if me == 0 {
-        let mut client = Command::new(std::env::current_exe().unwrap());
-        let out = client
-            .args(["--exact", "child_client", "--nocapture"])
-            .env("PIPESERVE_CHILD_CONNECT", &path)
-            .uid(STRANGER)
-            .gid(STRANGER)
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(said.contains("client: refused"), "{said}{err}");
-        true
-    } else {
-        eprintln!("not root: no client of another uid; that part skipped");
-        false
-    };
+        // The client's uid and pid as the kernel says, through the rule.
+        let reply = call(&path, "hello").expect("the allowed user is served");
+        assert_eq!(reply, format!("uid={me} pid={}: hello", std::process::id()));
+        // Another uid: refused by the rule, never served.
+        let stranger_refused = if me == 0 && others_may_run_me() {
+            let mut client = Command::new(std::env::current_exe().unwrap());
+            let out = client
+                .args(["--exact", "child_client", "--nocapture"])
+                .env("PIPESERVE_CHILD_CONNECT", &path)
+                .uid(STRANGER)
+                .gid(STRANGER)
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stdout);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(said.contains("client: refused"), "{said}{err}");
+            true
+        } else {
+            eprintln!("not root, or this binary is out of other uids' reach: no client of another uid; that part skipped");
+            false
+        };
 
-    let rest = finish(child, stdout);
-    let refused = usize::from(stranger_refused);
-    assert!(
-        rest.contains(&format!("requests=1 refused={refused}")),
-        "{rest}"
-    );
-    // The socket is systemd's: left in place at shutdown.
-    assert!(std::fs::symlink_metadata(&path).is_ok());
-    std::fs::remove_dir_all(&dir).unwrap();
+        let rest = finish(child, stdout);
+        let refused = usize::from(stranger_refused);
+        assert!(
+            rest.contains(&format!("requests=1 refused={refused}")),
+            "{rest}"
+        );
+        // The socket is systemd's: left in place at shutdown.
+        assert!(std::fs::symlink_metadata(&path).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
 }
 
 /// A client in a child process (of another uid): `served` or `refused`.
@@ -307,37 +340,39 @@ fn child_client() {
 
 #[test]
 fn passed_sockets_for_another_process_or_not_listening_are_refused() {
-    let dir = scratch("activated-not");
-    // LISTEN_PID names another process: nothing was passed to this one.
-    let listener = UnixListener::bind(dir.join("s.sock")).unwrap();
-    let mut cmd = child("child_activated_server");
-    cmd.env("PIPESERVE_CHILD_ALLOW", "0")
-        .env("LISTEN_PID", "1")
-        .env("LISTEN_FDS", "1");
-    let out = cmd.stdin(Stdio::null()).output().unwrap();
-    let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.contains("bind failed: ")
-            && out.contains("systemd passed no socket")
-            && out.contains("(bind=true config=false)"),
-        "{out}"
-    );
-    // A socket that does not listen (bound, never listened on): a clear
-    // configuration error, not served.
-    let not_listening = UnixDatagram::bind(dir.join("d.sock")).unwrap();
-    let mut cmd = child("child_activated_server");
-    cmd.env("PIPESERVE_CHILD_ALLOW", "0");
-    let out = activated(cmd, not_listening.as_raw_fd())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.contains("bind failed: ")
-            && out.contains("not listening")
-            && out.contains("(bind=false config=true)"),
-        "{out}"
-    );
-    drop(listener);
-    std::fs::remove_dir_all(&dir).unwrap();
+    within(60, || {
+        let dir = scratch("activated-not");
+        // LISTEN_PID names another process: nothing was passed to this one.
+        let listener = UnixListener::bind(dir.join("s.sock")).unwrap();
+        let mut cmd = child("child_activated_server");
+        cmd.env("PIPESERVE_CHILD_ALLOW", "0")
+            .env("LISTEN_PID", "1")
+            .env("LISTEN_FDS", "1");
+        let out = cmd.stdin(Stdio::null()).output().unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.contains("bind failed: ")
+                && out.contains("systemd passed no socket")
+                && out.contains("(bind=true config=false)"),
+            "{out}"
+        );
+        // A socket that does not listen (bound, never listened on): a clear
+        // configuration error, not served.
+        let not_listening = UnixDatagram::bind(dir.join("d.sock")).unwrap();
+        let mut cmd = child("child_activated_server");
+        cmd.env("PIPESERVE_CHILD_ALLOW", "0");
+        let out = activated(cmd, not_listening.as_raw_fd())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.contains("bind failed: ")
+                && out.contains("not listening")
+                && out.contains("(bind=false config=true)"),
+            "{out}"
+        );
+        drop(listener);
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
 }

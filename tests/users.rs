@@ -348,9 +348,16 @@ mod unix {
 
             // Alice's server; root (this process) tries to take it over.
             let alices = dir.join("alice.sock");
-            let (mut alice, mut out) =
-                spawn_server_child(ALICE, ("PIPESERVE_CHILD_SERVE", &alices));
-            assert!(line_with(&mut out, "listening on ").ends_with("alice.sock"));
+            // Blocking on the child only off the runtime's threads, so
+            // that `within` can still time the test out.
+            let a = alices.clone();
+            let (mut alice, mut out) = tokio::task::spawn_blocking(move || {
+                let (child, mut out) = spawn_server_child(ALICE, ("PIPESERVE_CHILD_SERVE", &a));
+                assert!(line_with(&mut out, "listening on ").ends_with("alice.sock"));
+                (child, out)
+            })
+            .await
+            .unwrap();
             let before = fs::symlink_metadata(&alices).unwrap();
             let err = Server::builder()
                 .takeover(true)
@@ -366,10 +373,16 @@ mod unix {
             me.write_all(&frame(b"still alice's")).await.unwrap();
             assert_eq!(read_frame(&mut me).await.unwrap(), b"still alice's");
             drop(me);
-            drop(alice.stdin.take());
+            let said = tokio::task::spawn_blocking(move || {
+                drop(alice.stdin.take());
+                let said = line_with(&mut out, "requests=");
+                assert!(alice.wait().unwrap().success());
+                said
+            })
+            .await
+            .unwrap();
             // The takeover's probe is a connection, never a request.
-            assert_eq!(line_with(&mut out, "requests="), "requests=1 refused=0");
-            assert!(alice.wait().unwrap().success());
+            assert_eq!(said, "requests=1 refused=0");
 
             // Root's server; alice tries to take it over.
             let roots = dir.join("root.sock");

@@ -233,9 +233,18 @@ int main(int argc, char **argv)
         g_pipe = argv[1];
         g_stopfile = argv[4];
         int threads = atoi(argv[3]);
+        if (threads < 1 || threads > 64) {
+            fprintf(stderr, "loop: THREADS must be 1..64\n");
+            return 2;
+        }
         HANDLE th[64];
-        for (int t = 0; t < threads && t < 64; t++)
+        for (int t = 0; t < threads; t++) {
             th[t] = CreateThread(NULL, 0, looper, (LPVOID)(INT_PTR)t, 0, NULL);
+            if (!th[t]) {
+                fprintf(stderr, "CreateThread: %lu\n", GetLastError());
+                return 1;
+            }
+        }
         WaitForMultipleObjects(threads, th, TRUE, INFINITE);
         printf("sent=%ld answered=%ld not_found=%ld busy=%ld closed_unread=%ld failed=%ld\n", g_sent,
                g_replies, g_not_found, g_busy, g_closed_unread, g_errors + g_mismatches);

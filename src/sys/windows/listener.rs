@@ -16,7 +16,8 @@ use tokio::net::windows::named_pipe::{
 use windows_sys::Win32::{
     Foundation::{
         ERROR_ACCESS_DENIED, ERROR_BAD_PATHNAME, ERROR_BAD_PIPE, ERROR_BROKEN_PIPE,
-        ERROR_INVALID_NAME, ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_LISTENING, HANDLE,
+        ERROR_INVALID_NAME, ERROR_NO_DATA, ERROR_PIPE_BUSY, ERROR_PIPE_LISTENING,
+        ERROR_PIPE_NOT_CONNECTED, HANDLE,
     },
     Security::SECURITY_ATTRIBUTES,
     Storage::FileSystem::SECURITY_IDENTIFICATION,
@@ -375,15 +376,16 @@ const SETTLE_OPENS: usize = 64;
 /// connected to it in the same moment: between asking the pipe and closing
 /// it, a client could connect and then find its pipe closed under its
 /// first write. So the server connects to its own listening instances
-/// instead: a client takes the instance that has listened longest (Wine
-/// and Windows alike), and the server's own client closes at once, so the
+/// instead: a client takes one listening instance (Wine: the one that has
+/// listened longest; Windows: by the same or by creation order), and the
+/// server's own client closes at once, so the
 /// instance it took is left with a client that came and went without a
 /// byte, and nobody else can connect to it any more. An instance with such
 /// a client closes; one with a real client serves it. The server's
 /// instances connect one at a time (each until its own is taken, taking
 /// every older one on the way), so no more are made than it takes. One
-/// that takes another server's instance (a successor's that has listened
-/// longer, during a takeover) looks to that server like any client that
+/// that takes another server's instance (a successor's ahead in that
+/// order, during a takeover) looks to that server like any client that
 /// connected and left without a byte.
 ///
 /// Bounded: if its own clients cannot reach the instance within
@@ -406,6 +408,13 @@ async fn settle(instances: &Instances, pipe: &impl AsRawHandle) -> bool {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             OtherEnd::Gone | OtherEnd::NotListening => return false,
+            OtherEnd::Unknown(code) => {
+                tracing::debug!(
+                    code,
+                    "the pipe's state is not known; closing it the old way"
+                );
+                return stop_listening(pipe);
+            }
             OtherEnd::Listening if opens < SETTLE_OPENS && start.elapsed() < SETTLE_FOR => {
                 let turn = instances.settling.lock().await;
                 if !matches!(other_end(pipe), OtherEnd::Listening) {
@@ -446,14 +455,19 @@ async fn settle(instances: &Instances, pipe: &impl AsRawHandle) -> bool {
 /// says: it succeeds with a client connected (and counts what it has sent
 /// so far), fails with `ERROR_BROKEN_PIPE` once the client closed (with
 /// nothing left to read), with `ERROR_PIPE_LISTENING` while the instance
-/// listens (Wine: `ERROR_BAD_PIPE`), and with `ERROR_PIPE_NOT_CONNECTED`
-/// once disconnected.
+/// listens (Wine: `ERROR_BAD_PIPE`, which Wine also gives a disconnected
+/// instance; none is asked here), and with `ERROR_PIPE_NOT_CONNECTED` once
+/// disconnected.
 #[derive(Debug)]
 enum OtherEnd {
-    Client { available: u32 },
+    Client {
+        available: u32,
+    },
     Gone,
     Listening,
     NotListening,
+    /// Another error: its code.
+    Unknown(Option<i32>),
 }
 
 fn other_end(pipe: &impl AsRawHandle) -> OtherEnd {
@@ -474,10 +488,12 @@ fn other_end(pipe: &impl AsRawHandle) -> OtherEnd {
     if ok != 0 {
         return OtherEnd::Client { available };
     }
-    match io::Error::last_os_error().raw_os_error().map(|c| c as u32) {
+    let code = io::Error::last_os_error().raw_os_error();
+    match code.map(|c| c as u32) {
         Some(ERROR_BROKEN_PIPE) => OtherEnd::Gone,
         Some(ERROR_PIPE_LISTENING | ERROR_BAD_PIPE) => OtherEnd::Listening,
-        _ => OtherEnd::NotListening,
+        Some(ERROR_PIPE_NOT_CONNECTED) => OtherEnd::NotListening,
+        _ => OtherEnd::Unknown(code),
     }
 }
 
@@ -621,6 +637,20 @@ mod tests {
             io.read_exact(&mut got).await.unwrap();
             assert_eq!(got, b"slow", "message={message}");
             drop(writer.await.unwrap());
+
+            // Wrote and left: its request is in the pipe, served.
+            let (path, mut slot) = bound(&format!("last-wrote-{message}"), message);
+            let mut client = std::fs::File::options()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            std::io::Write::write_all(&mut client, b"left").unwrap();
+            drop(client);
+            let (mut io, _) = slot.last_accept().await.expect("its request").unwrap();
+            io.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, b"left", "message={message}");
+            assert_eq!(io.read(&mut got).await.unwrap(), 0, "then its EOF");
 
             // Came and left without a byte: nothing to serve. (A plain
             // handle: tokio's closes only once the reactor has seen its
