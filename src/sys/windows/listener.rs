@@ -430,10 +430,11 @@ async fn settle(instances: &Instances, pipe: &impl AsRawHandle) -> bool {
                     .read(true)
                     .write(true)
                     .security_qos_flags(SECURITY_IDENTIFICATION)
-                    .open(&instances.path);
+                    .open(&instances.path)
+                    .map(drop);
                 drop(turn);
                 match own {
-                    Ok(own) => drop(own),
+                    Ok(()) => {}
                     // Every instance of the name is busy for a moment (ours
                     // just got a client): look again.
                     Err(e) if e.raw_os_error() == Some(ERROR_PIPE_BUSY as i32) => {
