@@ -236,3 +236,62 @@ async fn a_listener_of_your_own_hands_out_connections_of_its_stream_type() {
     assert_eq!(conn.info().id(), 1);
     assert_eq!(incoming.handle().stats().connections, 1);
 }
+
+/// Instances (Windows: with their spares) waiting for a client once ready.
+fn listening_when_ready(instances: u64) -> u64 {
+    if cfg!(windows) {
+        2 * instances
+    } else {
+        instances
+    }
+}
+
+/// `Handle::ready` for framed serving: pending until the server is served
+/// (its instances start on the first poll), then complete once every
+/// instance waits for a client; a client connecting then is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_completes_once_every_instance_of_a_framed_server_listens() {
+    within(60, async {
+        let name = unique_name("ready-framed");
+        let server = Server::builder().instances(3).bind(&name).unwrap();
+        let handle = server.handle();
+        let echo =
+            tower::service_fn(|req: Bytes| async move { Ok::<_, std::convert::Infallible>(req) });
+        let serve = server.serve(echo);
+        let early = tokio::time::timeout(Duration::from_millis(100), handle.ready()).await;
+        assert!(early.is_err(), "ready before the server was served");
+        let serving = tokio::spawn(serve);
+        handle.ready().await;
+        assert_eq!(handle.stats().listening, listening_when_ready(3));
+        let mut io = raw_connect(&name).await;
+        io.write_all(&frame(b"hello")).await.unwrap();
+        assert_eq!(read_frame(&mut io).await.unwrap(), b"hello");
+        drop(io);
+        handle.shutdown();
+        assert_eq!(serving.await.unwrap().unwrap().requests, 1);
+    })
+    .await
+}
+
+/// `Handle::ready` for connections handed out (and so for tonic and
+/// hyper, which serve them): complete once every instance listens, before
+/// anyone asks the stream for a connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_completes_once_every_instance_listens_before_incoming_is_polled() {
+    within(60, async {
+        let name = unique_name("ready-incoming");
+        let server = Server::builder().instances(3).bind(&name).unwrap();
+        let handle = server.handle();
+        let incoming = server.into_incoming();
+        handle.ready().await;
+        assert_eq!(handle.stats().listening, listening_when_ready(3));
+        let serving = tokio::spawn(serve_one_reply_each(incoming, 5));
+        let mut io = raw_connect(&name).await;
+        io.write_all(&frame(b"hello")).await.unwrap();
+        assert_eq!(read_frame(&mut io).await.unwrap(), b"hello");
+        drop(io);
+        handle.shutdown();
+        assert_eq!(serving.await.unwrap().len(), 1);
+    })
+    .await
+}
