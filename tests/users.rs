@@ -151,6 +151,18 @@ mod unix {
         dir
     }
 
+    /// This test binary, to run `test` alone as `uid`/`gid`, its stdin and
+    /// stdout piped.
+    fn child_as(uid: u32, gid: u32, test: &str) -> Command {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        cmd
+    }
+
     /// What a child client did with its connections.
     #[derive(Debug, Default, PartialEq, Eq)]
     struct Report {
@@ -177,20 +189,10 @@ mod unix {
         /// Starts the child; `call`: each connection sends a request and
         /// waits for the reply, else it only connects.
         fn start(uid: u32, gid: u32, path: &Path, connections: usize, call: bool) -> Clients {
-            let mut child = Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "unix::child_client",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
+            let mut child = child_as(uid, gid, "unix::child_client")
                 .env("PIPESERVE_CHILD_PATH", path)
                 .env("PIPESERVE_CHILD_CONNECTIONS", connections.to_string())
                 .env("PIPESERVE_CHILD_CALL", if call { "1" } else { "0" })
-                .uid(uid)
-                .gid(gid)
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
                 .spawn()
                 .unwrap();
             let mut stdout = BufReader::new(child.stdout.take().unwrap());
@@ -317,18 +319,8 @@ mod unix {
         uid: u32,
         env: (&str, &Path),
     ) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "unix::child_server",
-                "--nocapture",
-                "--test-threads=1",
-            ])
+        let mut child = child_as(uid, uid, "unix::child_server")
             .env(env.0, env.1)
-            .uid(uid)
-            .gid(uid)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();

@@ -378,9 +378,9 @@ const SETTLE_OPENS: usize = 64;
 /// first write. So the server connects to its own listening instances
 /// instead: a client takes one listening instance (Wine: the one that has
 /// listened longest; Windows: by the same or by creation order), and the
-/// server's own client closes at once, so the
-/// instance it took is left with a client that came and went without a
-/// byte, and nobody else can connect to it any more. An instance with such
+/// server's own client closes at once, so the instance it took is left
+/// with a client that came and went without a byte, and nobody else can
+/// connect to it any more. An instance with such
 /// a client closes; one with a real client serves it. The server's
 /// instances connect one at a time (each until its own is taken, taking
 /// every older one on the way), so no more are made than it takes. One
