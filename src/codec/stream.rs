@@ -40,13 +40,19 @@ pub(crate) trait Wire: Decoder<Item = Bytes, Error = io::Error> + Send + Unpin {
     fn head(&self, len: usize) -> Self::Head;
 }
 
-/// Room made in the read buffer when it runs short.
+/// Room made in the read buffer when it runs short, at first and after
+/// small reads.
 const READ_CHUNK: usize = 8 * 1024;
+/// The most room made: reached by doubling while reads fill all the room
+/// they were given (a client pipelining large frames), so that a burst of
+/// 64 KiB is one read, as it is for a byte echo, not eight.
+const READ_MAX: usize = 64 * 1024;
 /// The stack read of a connection whose buffer is empty and held: 4 KiB,
 /// the smallest read mio keeps in flight on a Windows pipe (it sizes the
 /// next read from this one), so an idle pipe holds no more than that.
 const PROBE: usize = 4 * 1024;
-/// Spare room enough to read into without making more.
+/// Spare room enough to read into without making more, at `READ_CHUNK`
+/// (at larger read sizes, half the read size).
 const MIN_SPARE: usize = 1024;
 /// Frames smaller than this are copied into the coalescing buffer; larger
 /// ones are written from where they are.
@@ -63,6 +69,8 @@ pub(crate) struct StreamTransport<Io, W> {
     io: Io,
     wire: W,
     read_buf: BytesMut,
+    /// How much room a read is given: adapts to the traffic.
+    read_size: ReadSize,
     eof: bool,
     errored: bool,
     write: WriteQueue,
@@ -74,6 +82,7 @@ impl<Io, W> StreamTransport<Io, W> {
             io,
             wire,
             read_buf: buffers.read,
+            read_size: ReadSize::default(),
             eof: false,
             errored: false,
             write: WriteQueue::new(buffers.write),
@@ -104,15 +113,23 @@ impl<Io: AsyncRead + Unpin, W: Wire> Stream for StreamTransport<Io, W> {
                     return Poll::Ready(Some(Err(e)));
                 }
             }
+            let want = this.read_size.next;
             if this.read_buf.is_empty() {
-                // Its frames gone, an empty buffer with less than a chunk of
+                // Its frames gone, an empty buffer with less than a read's
                 // room left at its tail starts over from its front, so a
                 // frame that fits is read in one call (not its first bytes
                 // into the tail, the rest after moving them to the front).
-                let _ = this.read_buf.try_reclaim(READ_CHUNK);
+                let _ = this.read_buf.try_reclaim(want);
             }
             let spare = this.read_buf.capacity() - this.read_buf.len();
-            if spare < MIN_SPARE && !this.read_buf.try_reclaim(READ_CHUNK) {
+            // Grown, a read wants at least half its size: the decoder's
+            // room for the rest of one frame would hold it to a frame.
+            let short = if want > READ_CHUNK {
+                want / 2
+            } else {
+                MIN_SPARE
+            };
+            if spare < short && !this.read_buf.try_reclaim(want) {
                 if this.read_buf.is_empty() {
                     // The buffer's memory is still held by frames in use (a
                     // reply being written): reserving now would allocate a
@@ -132,15 +149,16 @@ impl<Io: AsyncRead + Unpin, W: Wire> Stream for StreamTransport<Io, W> {
                     }
                     continue;
                 }
-                this.read_buf.reserve(READ_CHUNK);
+                this.read_buf.reserve(want);
             }
+            let room = this.read_buf.capacity() - this.read_buf.len();
             match ready!(poll_read_buf(
                 Pin::new(&mut this.io),
                 cx,
                 &mut this.read_buf
             )) {
                 Ok(0) => this.eof = true,
-                Ok(_) => {}
+                Ok(n) => this.read_size.record(n, room),
                 Err(e) => {
                     this.errored = true;
                     return Poll::Ready(Some(Err(e)));
@@ -196,6 +214,44 @@ where
 
     fn write_buffered(&self) -> usize {
         self.write.queued
+    }
+}
+
+/// The room given to the next read: doubled (up to [`READ_MAX`]) after a
+/// read that filled all it had, halved (down to [`READ_CHUNK`]) after two
+/// reads in a row that filled less than half of it: hyper's adaptive read
+/// strategy. A connection pipelining large frames reads its burst in one
+/// call; a ping-pong of small frames keeps one small buffer.
+#[derive(Debug)]
+struct ReadSize {
+    next: usize,
+    /// Whether the last read was small.
+    shrinking: bool,
+}
+
+impl Default for ReadSize {
+    fn default() -> Self {
+        ReadSize {
+            next: READ_CHUNK,
+            shrinking: false,
+        }
+    }
+}
+
+impl ReadSize {
+    /// A read of `n` bytes into `room`.
+    fn record(&mut self, n: usize, room: usize) {
+        if n >= room && n >= self.next / 2 {
+            self.next = (self.next * 2).min(READ_MAX);
+            self.shrinking = false;
+        } else if n < self.next / 2 {
+            if self.shrinking {
+                self.next = (self.next / 2).max(READ_CHUNK);
+            }
+            self.shrinking = !self.shrinking;
+        } else {
+            self.shrinking = false;
+        }
     }
 }
 
@@ -372,6 +428,82 @@ mod tests {
             expected.extend_from_slice(f);
         }
         assert_eq!(reader.await.unwrap(), expected);
+    }
+
+    /// I/O that hands out at most what its reader asks for, and counts the
+    /// reads that returned bytes.
+    struct CountedReads<Io> {
+        io: Io,
+        reads: usize,
+    }
+
+    impl<Io: AsyncRead + Unpin> AsyncRead for CountedReads<Io> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+            if buf.filled().len() > before {
+                self.reads += 1;
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// 16 frames of 4 KiB, pipelined: `rounds` bursts, each written whole
+    /// before the server reads any of it; returns the reads of the last
+    /// burst.
+    async fn reads_of_a_burst(rounds: usize) -> usize {
+        const FRAME: usize = 4096;
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let io = CountedReads { io, reads: 0 };
+        let mut t = StreamTransport::new(io, LengthPrefixed::new(1 << 20), Buffers::default());
+        let mut burst = Vec::new();
+        for i in 0..16u8 {
+            burst.extend_from_slice(&(FRAME as u32).to_be_bytes());
+            burst.extend(std::iter::repeat_n(i, FRAME));
+        }
+        let mut last = 0;
+        for _ in 0..rounds {
+            let before = t.io.reads;
+            peer.write_all(&burst).await.unwrap();
+            for i in 0..16u8 {
+                let frame = t.next().await.unwrap().unwrap();
+                assert!(frame.len() == FRAME && frame.iter().all(|&b| b == i));
+            }
+            last = t.io.reads - before;
+        }
+        last
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_burst_of_64_kib_is_read_in_one_or_two_reads_once_the_connection_is_warm() {
+        // The first burst grows the read size 8, 16, 32, 64 KiB.
+        let first = reads_of_a_burst(1).await;
+        assert!(first >= 4, "first burst read in {first} reads");
+        // From then on, one read takes what one read of a byte echo would.
+        let warm = reads_of_a_burst(4).await;
+        assert!(warm <= 2, "a warm burst of 64 KiB took {warm} reads");
+    }
+
+    #[tokio::test]
+    async fn small_reads_bring_the_read_size_back_down() {
+        let mut size = ReadSize::default();
+        for _ in 0..3 {
+            size.record(size.next, size.next);
+        }
+        assert_eq!(size.next, READ_MAX);
+        // One small read is not enough; two in a row halve it.
+        size.record(100, READ_MAX);
+        assert_eq!(size.next, READ_MAX);
+        size.record(100, READ_MAX);
+        assert_eq!(size.next, READ_MAX / 2);
+        for _ in 0..16 {
+            size.record(100, READ_MAX);
+        }
+        assert_eq!(size.next, READ_CHUNK);
     }
 
     #[tokio::test]

@@ -216,6 +216,19 @@ where
     /// would need a new one). Returns whether one was read.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
         let mut read = false;
+        if !self.reading {
+            return false;
+        }
+        // After a shutdown began, what has arrived is still read and
+        // answered, and then reading stops; a connection that has sent
+        // nothing yet (it may have connected as the server stopped
+        // listening) is read until its first request, for the grace. Asked
+        // once a poll, not once a frame: a shutdown that begins meanwhile
+        // wakes the task.
+        let stopping = self.shutdown.is_requested(cx);
+        if stopping {
+            self.stopping_since.get_or_insert_with(Instant::now);
+        }
         while self.reading
             && self.queue.len() + self.in_flight.len() < self.depth
             && (self.queue.is_empty() || self.queued_bytes < READ_AHEAD_BYTES)
@@ -226,14 +239,6 @@ where
             self.read_held = unwritten > 0 && (self.read_held || unwritten >= READ_AHEAD_BYTES);
             if self.read_held {
                 break;
-            }
-            // After a shutdown began, what has arrived is still read and
-            // answered, and then reading stops; a connection that has sent
-            // nothing yet (it may have connected as the server stopped
-            // listening) is read until its first request, for the grace.
-            let stopping = self.shutdown.is_requested(cx);
-            if stopping {
-                self.stopping_since.get_or_insert_with(Instant::now);
             }
             match Pin::new(&mut *self.transport).poll_next(cx) {
                 Poll::Ready(Some(Ok(req))) => {
