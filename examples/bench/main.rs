@@ -10,6 +10,8 @@
 //! cargo run --release --example bench --target x86_64-pc-windows-gnu -- --framings   # message vs length framing
 //! bench --serve floor|raw|pipeserve[-per-user] --name NAME --instances N --depth D  # one server, by hand
 //! bench --drive ADDRESS CLIENTS PAYLOAD DEPTH MS                             # load it
+//! bench --drive-blocking ADDRESS CLIENTS PAYLOAD DEPTH MS                    # the same, a thread per client
+//! cargo run --release --example bench -- --single                            # one connection, pinned and free
 //! bench --churn ADDRESS CLIENTS MS                                           # connect, 1 round trip, close, looped
 //! ```
 //!
@@ -25,12 +27,14 @@
 //! chart into `docs/benchmarks.md` (between its `bench:` markers) and
 //! `docs/bench-*.svg`.
 
+mod blocking;
 mod doc;
 mod framings;
 mod load;
 mod process;
 mod report;
 mod servers;
+mod single;
 mod soak;
 
 use std::time::Duration;
@@ -83,6 +87,8 @@ struct Options {
     sample_secs: u64,
     /// Message framing against length-delimited instead of the matrix.
     framings: bool,
+    /// One connection (and clients not tokio's) instead of the matrix.
+    single: bool,
     quick: bool,
 }
 
@@ -101,6 +107,7 @@ fn parse() -> Result<Options, String> {
         soak: None,
         sample_secs: 60,
         framings: false,
+        single: false,
         quick: false,
     };
     let mut args = std::env::args().skip(1);
@@ -115,6 +122,7 @@ fn parse() -> Result<Options, String> {
             "--soak" => o.soak = Some(num(value()?)?),
             "--sample-secs" => o.sample_secs = num(value()?)? as u64,
             "--framings" => o.framings = true,
+            "--single" => o.single = true,
             "--cells" => {
                 let cells = value()?
                     .split(',')
@@ -148,6 +156,11 @@ fn parse() -> Result<Options, String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `--cpu N` after `--serve` or `--drive` (Linux): this process's
+    // threads run on CPU N only.
+    if let Some(i) = args.iter().position(|a| a == "--cpu") {
+        set_affinity(0, args.get(i + 1).and_then(|n| n.parse().ok()));
+    }
     if args.get(1).map(String::as_str) == Some("--serve") {
         let get = |flag: &str| {
             args.iter()
@@ -166,18 +179,18 @@ fn main() {
         .unwrap();
         return;
     }
-    if args.get(1).map(String::as_str) == Some("--drive") {
+    if let Some(kind @ ("--drive" | "--drive-blocking")) = args.get(1).map(String::as_str) {
         // Load one server started by hand (for profiling it): --drive ADDRESS
-        // CLIENTS PAYLOAD DEPTH MS
+        // CLIENTS PAYLOAD DEPTH MS, with the tokio clients or the blocking
+        // threads.
         let n = |i: usize| args[i].parse::<usize>().unwrap();
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let run = rt.block_on(load::run(
-            &args[2],
-            n(3),
-            n(4),
-            n(5),
-            Duration::from_millis(n(6) as u64),
-        ));
+        let duration = Duration::from_millis(n(6) as u64);
+        let run = if kind == "--drive" {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            rt.block_on(load::run(&args[2], n(3), n(4), n(5), duration))
+        } else {
+            blocking::run(&args[2], n(3), n(4), n(5), duration)
+        };
         println!(
             "{:.0} rt/s, {} replies, {} errors",
             run.replies as f64 / run.elapsed.as_secs_f64(),
@@ -206,6 +219,7 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let out = match opts.soak {
         Some(minutes) => rt.block_on(soak::run(minutes, opts.sample_secs)),
+        None if opts.single => single::run(opts.rounds.max(1), opts.duration, opts.quick),
         None if opts.framings => {
             let only = (opts.only.as_ref()).map(|cells| {
                 cells
@@ -220,6 +234,8 @@ fn main() {
     if let Some(path) = &opts.doc {
         let section = match (opts.soak.is_some(), cfg!(windows)) {
             _ if opts.framings => "framings-wine",
+            _ if opts.single && cfg!(windows) => "single-wine",
+            _ if opts.single => "single-unix",
             (false, false) => "unix",
             (false, true) => "wine",
             (true, false) => "soak-unix",
@@ -621,3 +637,24 @@ fn today() -> String {
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!("{y}-{m:02}-{d:02}")
 }
+
+/// Runs thread `tid` (0: the calling one, and the threads it starts later)
+/// on `cpu` only, or (`None`) on every CPU. Linux only; elsewhere nothing.
+#[cfg(target_os = "linux")]
+pub fn set_affinity(tid: i32, cpu: Option<usize>) {
+    // Safety: a zeroed cpu_set_t is the empty set; CPU_SET writes within it;
+    // sched_setaffinity reads it for the duration of the call.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for c in 0..cpus {
+            if cpu.is_none_or(|cpu| cpu == c) {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub fn set_affinity(_tid: i32, _cpu: Option<usize>) {}

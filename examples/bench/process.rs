@@ -19,7 +19,11 @@ impl ServerProcess {
     /// address.
     pub fn spawn(kind: &'static str, args: &[String]) -> ServerProcess {
         let name = format!("pipeserve-bench-{kind}-{}", std::process::id());
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        // `BENCH_SERVER_EXE`: servers from another build of the bench (an
+        // older commit's, for a before-and-after in one run).
+        let exe = std::env::var_os("BENCH_SERVER_EXE")
+            .map_or_else(|| std::env::current_exe().unwrap(), Into::into);
+        let mut child = Command::new(exe)
             .args(["--serve", kind, "--name", &name])
             .args(args)
             .stdout(Stdio::piped())

@@ -101,6 +101,7 @@ where
         end: None,
         unflushed: false,
         write_blocked: false,
+        read_pending: false,
         depth,
         concurrency: if cfg.concurrent { depth } else { 1 },
         shutdown: shutdown.signal(),
@@ -139,6 +140,11 @@ struct Dispatcher<'a, T, S: Service<Req>, Req, O> {
     /// Whether writing could not go on at this poll (the client does not
     /// read).
     write_blocked: bool,
+    /// Whether the transport had no frame at this poll: it will wake the
+    /// task when it has one, so it is not asked again until then (a
+    /// pipelined batch would otherwise ask the I/O once per request
+    /// answered).
+    read_pending: bool,
     depth: usize,
     concurrency: usize,
     shutdown: Signal<'a>,
@@ -177,6 +183,7 @@ where
     /// timers.
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<End> {
         self.write_blocked = false;
+        self.read_pending = false;
         let mut active = false;
         loop {
             loop {
@@ -216,7 +223,7 @@ where
     /// would need a new one). Returns whether one was read.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
         let mut read = false;
-        if !self.reading {
+        if !self.reading || self.read_pending {
             return false;
         }
         // After a shutdown began, what has arrived is still read and
@@ -250,6 +257,7 @@ where
                 Poll::Ready(Some(Err(e))) => self.stop(classify_read_error(e)),
                 Poll::Ready(None) => self.stop(End::Eof),
                 Poll::Pending => {
+                    self.read_pending = true;
                     if stopping && self.read_any {
                         self.stop(End::Shutdown);
                     }
