@@ -164,6 +164,97 @@ async fn a_message_over_the_limit_ends_its_connection_and_the_next_client_is_ser
     .await
 }
 
+/// A tokio client of a message-mode pipe, retrying while the instance is
+/// busy.
+async fn raw_message_client(name: &str) -> tokio::net::windows::named_pipe::NamedPipeClient {
+    let address = pipeserve::Address::new(name).unwrap();
+    loop {
+        match ClientOptions::new()
+            .pipe_mode(TokioPipeMode::Message)
+            .open(address.as_path())
+        {
+            Err(e) if e.raw_os_error() == Some(231) => {
+                tokio::time::sleep(Duration::from_millis(5)).await
+            }
+            pipe => break pipe.unwrap(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_that_waits_for_its_client_to_read_is_written_whole_once_it_does() {
+    within(60, async {
+        // A 4 KiB pipe buffer: a larger reply waits until the client reads,
+        // which is when the server first has to wait for a write.
+        let server = start_echo(
+            "msg-slow-reader",
+            Server::builder()
+                .instances(1)
+                .framing(Framing::Message)
+                .out_buffer_size(4096)
+                .linger(Duration::from_millis(200)),
+        );
+        let mut pipe = raw_message_client(&server.name).await;
+        for round in 0..4u8 {
+            let request = payload(round, 256 * 1024);
+            pipe.write_all(&request).await.unwrap();
+            // The reply's write is in flight, and stays so until we read.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let mut reply = vec![0u8; request.len()];
+            pipe.read_exact(&mut reply).await.unwrap();
+            assert!(reply == request, "round {round}: the reply differs");
+            // Then a small one, which fits at once.
+            pipe.write_all(b"small").await.unwrap();
+            let mut small = [0u8; 5];
+            pipe.read_exact(&mut small).await.unwrap();
+            assert_eq!(&small, b"small");
+        }
+        drop(pipe);
+        let summary = server.stop().await;
+        assert_eq!(summary.stats.timeouts, 0);
+        assert_eq!(summary.stats.requests, 8);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_client_that_never_reads_is_cut_at_the_write_timeout() {
+    within(60, async {
+        let server = start_echo(
+            "msg-never-reads",
+            Server::builder()
+                .instances(2)
+                .framing(Framing::Message)
+                .out_buffer_size(4096)
+                .write_timeout(Some(Duration::from_millis(300)))
+                .linger(Duration::from_millis(200)),
+        );
+        let good = message_client(&server.name).await;
+        let mut greedy = raw_message_client(&server.name).await;
+        // 64 MiB of messages whose echoes it never reads: the server's
+        // reply write waits, it reads no more, and the connection is cut.
+        let message = payload(3, 256 * 1024);
+        let pushed = within(30, async {
+            for _ in 0..256 {
+                if greedy.write_all(&message).await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        assert!(
+            !pushed,
+            "the server took all 64 MiB from a client that never reads"
+        );
+        assert_eq!(good.call(Bytes::from("served")).await.unwrap(), "served");
+        drop((good, greedy));
+        let summary = server.stop().await;
+        assert_eq!(summary.stats.timeouts, 1);
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_leave_before_their_replies_lose_nothing_for_the_others() {
     within(60, async {

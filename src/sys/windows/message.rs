@@ -13,9 +13,14 @@
 //!   pool (`RegisterWaitForSingleObject`, `WT_EXECUTEINWAITTHREAD`, the way
 //!   tokio waits for child processes): when an operation completes, the
 //!   system sets the event and the wait thread wakes the task waiting for
-//!   that direction, if one found it pending (an operation that completed
-//!   at once sets the event too, and wakes nobody). An own completion port
-//!   read by one thread was measured as well: no faster under Wine.
+//!   that direction, if one found it pending. An operation that completed
+//!   at once sets the event too, and wakes nobody, but the wait thread
+//!   still wakes to find that out. Writes nearly always complete at once
+//!   (the pipe takes the message), so the write direction's wait is only
+//!   registered when a write first has to be waited for (a client that does
+//!   not read): until then a reply costs no wait-thread wake-up. An own
+//!   completion port read by one thread was measured as well: no faster
+//!   under Wine.
 //! - **Reading a message.** `ReadFile` into the buffer's spare room, 4 KiB
 //!   at first, then as much as the last message took, up to 64 KiB (as
 //!   tokio's reads grow). `ERROR_MORE_DATA` means the same message goes on:
@@ -202,8 +207,8 @@ enum ReadDone {
     Gone,
 }
 
-/// Reads or writes: one operation at a time, its wait registered for the
-/// pipe's life.
+/// Reads or writes: one operation at a time, its wait registered (once
+/// made) for the pipe's life.
 struct Direction {
     op: Arc<Op>,
     /// The registered wait on `op.event`; null once unregistered.
@@ -232,7 +237,10 @@ unsafe extern "system" fn wake(context: *mut c_void, _timed_out: bool) {
 }
 
 impl Direction {
-    fn new() -> io::Result<Direction> {
+    /// A direction whose wait is registered now (reads: most of them wait
+    /// for the client), or (`lazy`) when an operation first has to be waited
+    /// for (writes: most complete at once).
+    fn new(lazy: bool) -> io::Result<Direction> {
         // Safety: no security attributes and no name: a new, unnamed,
         // auto-reset event, initially unset.
         let event = unsafe { CreateEventW(ptr::null(), 0, 0, ptr::null()) };
@@ -248,15 +256,34 @@ impl Direction {
             waker: AtomicWaker::new(),
             waiting: AtomicBool::new(false),
         });
+        let mut direction = Direction {
+            op,
+            wait: ptr::null_mut(),
+            in_flight: false,
+            cancelled: false,
+        };
+        if !lazy {
+            direction.register()?;
+        }
+        Ok(direction)
+    }
+
+    /// Registers the wait on the event, for the pipe's life. An event set
+    /// before (by operations that completed at once, which nobody waited
+    /// for) runs the callback once at registration: a wake-up the task
+    /// takes for a look, no more.
+    fn register(&mut self) -> io::Result<()> {
+        debug_assert!(self.wait.is_null(), "registered twice");
         let mut wait = ptr::null_mut();
         // Safety: `wait` receives the handle; the event is open; the context
-        // points to `op`, which outlives the wait (`Drop`).
+        // points to `op`, which outlives the wait (`unregister` runs before
+        // the direction is dropped).
         let ok = unsafe {
             RegisterWaitForSingleObject(
                 &mut wait,
-                op.event.as_raw_handle() as HANDLE,
+                self.op.event.as_raw_handle() as HANDLE,
                 Some(wake),
-                Arc::as_ptr(&op).cast(),
+                Arc::as_ptr(&self.op).cast(),
                 INFINITE,
                 WT_EXECUTEINWAITTHREAD,
             )
@@ -264,12 +291,8 @@ impl Direction {
         if ok == 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(Direction {
-            op,
-            wait,
-            in_flight: false,
-            cancelled: false,
-        })
+        self.wait = wait;
+        Ok(())
     }
 
     /// The `OVERLAPPED` for a new operation: cleared, with this direction's
@@ -331,8 +354,14 @@ impl Direction {
         } else {
             let e = io::Error::last_os_error();
             match e.raw_os_error().map(|c| c as u32) {
-                // Its completion will wake us (`waiting` is set).
-                Some(ERROR_IO_INCOMPLETE) => return Poll::Pending,
+                // Its completion will wake us (`waiting` is set), once the
+                // wait is registered: a completion since the look has set
+                // the event, which the new wait sees at once.
+                Some(ERROR_IO_INCOMPLETE) if !self.wait.is_null() => return Poll::Pending,
+                Some(ERROR_IO_INCOMPLETE) => match self.register() {
+                    Ok(()) => return Poll::Pending,
+                    Err(e) => Err(e),
+                },
                 Some(ERROR_MORE_DATA) => Ok(done(true, false)),
                 Some(ERROR_OPERATION_ABORTED) if !self.cancelled && n == 0 => Ok(done(false, true)),
                 _ => Err(e),
@@ -459,8 +488,11 @@ impl MessagePipe {
         }
         Ok(MessagePipe {
             handle,
-            read: Direction::new()?,
-            write: Direction::new()?,
+            read: Direction::new(false)?,
+            // A write that fits in the pipe completes at once: its event is
+            // set, but a wait on it would only wake a wait thread for
+            // nothing, one thread hop per reply.
+            write: Direction::new(true)?,
             buf: BytesMut::new(),
             partial: false,
             discarding: None,
