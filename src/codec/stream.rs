@@ -71,6 +71,8 @@ pub(crate) struct StreamTransport<Io, W> {
     read_buf: BytesMut,
     /// How much room a read is given: adapts to the traffic.
     read_size: ReadSize,
+    /// The last read went through the stack probe.
+    probed: bool,
     eof: bool,
     errored: bool,
     write: WriteQueue,
@@ -83,6 +85,7 @@ impl<Io, W> StreamTransport<Io, W> {
             wire,
             read_buf: buffers.read,
             read_size: ReadSize::default(),
+            probed: false,
             eof: false,
             errored: false,
             write: WriteQueue::new(buffers.write),
@@ -141,7 +144,20 @@ impl<Io: AsyncRead + Unpin, W: Wire> Stream for StreamTransport<Io, W> {
                     let read = ready!(Pin::new(&mut this.io).poll_read(cx, &mut probe));
                     match read {
                         Ok(()) if probe.filled().is_empty() => this.eof = true,
-                        Ok(()) => this.read_buf.extend_from_slice(probe.filled()),
+                        Ok(()) => {
+                            // What the probe read makes a buffer of just its
+                            // size, which the next read cannot reuse: a
+                            // connection that keeps talking would probe,
+                            // allocate and copy on every request. The second
+                            // probe in a row makes a read's room instead, and
+                            // reads go straight in from then on; a connection
+                            // idle after one request holds only what it sent.
+                            if this.probed {
+                                this.read_buf.reserve(want.max(probe.filled().len()));
+                            }
+                            this.probed = true;
+                            this.read_buf.extend_from_slice(probe.filled());
+                        }
                         Err(e) => {
                             this.errored = true;
                             return Poll::Ready(Some(Err(e)));
@@ -158,7 +174,10 @@ impl<Io: AsyncRead + Unpin, W: Wire> Stream for StreamTransport<Io, W> {
                 &mut this.read_buf
             )) {
                 Ok(0) => this.eof = true,
-                Ok(n) => this.read_size.record(n, room),
+                Ok(n) => {
+                    this.probed = false;
+                    this.read_size.record(n, room);
+                }
                 Err(e) => {
                     this.errored = true;
                     return Poll::Ready(Some(Err(e)));
@@ -431,10 +450,11 @@ mod tests {
     }
 
     /// I/O that hands out at most what its reader asks for, and counts the
-    /// reads that returned bytes.
+    /// reads that returned bytes and the room each was given.
     struct CountedReads<Io> {
         io: Io,
         reads: usize,
+        rooms: Vec<usize>,
     }
 
     impl<Io: AsyncRead + Unpin> AsyncRead for CountedReads<Io> {
@@ -447,8 +467,27 @@ mod tests {
             ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
             if buf.filled().len() > before {
                 self.reads += 1;
+                self.rooms.push(buf.capacity() - before);
             }
             Poll::Ready(Ok(()))
+        }
+    }
+
+    impl<Io: AsyncWrite + Unpin> AsyncWrite for CountedReads<Io> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
         }
     }
 
@@ -458,7 +497,11 @@ mod tests {
     async fn reads_of_a_burst(rounds: usize) -> usize {
         const FRAME: usize = 4096;
         let (mut peer, io) = tokio::io::duplex(1 << 20);
-        let io = CountedReads { io, reads: 0 };
+        let io = CountedReads {
+            io,
+            reads: 0,
+            rooms: Vec::new(),
+        };
         let mut t = StreamTransport::new(io, LengthPrefixed::new(1 << 20), Buffers::default());
         let mut burst = Vec::new();
         for i in 0..16u8 {
@@ -486,6 +529,34 @@ mod tests {
         // From then on, one read takes what one read of a byte echo would.
         let warm = reads_of_a_burst(4).await;
         assert!(warm <= 2, "a warm burst of 64 KiB took {warm} reads");
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_keeps_talking_reads_into_its_own_buffer_after_its_second_request() {
+        let (mut peer, io) = tokio::io::duplex(1 << 16);
+        let io = CountedReads {
+            io,
+            reads: 0,
+            rooms: Vec::new(),
+        };
+        let mut t = StreamTransport::new(io, LengthPrefixed::new(1 << 20), Buffers::default());
+        for i in 0..10u8 {
+            // A ping-pong: each request read, answered and gone before the
+            // next arrives.
+            peer.write_all(&[0, 0, 0, 1, i]).await.unwrap();
+            let frame = t.next().await.unwrap().unwrap();
+            assert_eq!(&frame[..], [i]);
+            t.send(frame).await.unwrap();
+            let mut reply = [0u8; 5];
+            peer.read_exact(&mut reply).await.unwrap();
+        }
+        let rooms = &t.io.rooms;
+        assert_eq!(rooms.len(), 10);
+        // The first two through the stack probe; every one after straight
+        // into a buffer of a read's size, none through a new probe (which
+        // would allocate a buffer per request).
+        assert!(rooms[..2].iter().all(|&r| r == PROBE), "{rooms:?}");
+        assert!(rooms[2..].iter().all(|&r| r >= READ_CHUNK - 8), "{rooms:?}");
     }
 
     #[tokio::test]
