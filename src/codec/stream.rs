@@ -126,8 +126,11 @@ impl<Io: AsyncRead + Unpin, W: Wire> Stream for StreamTransport<Io, W> {
             }
             let spare = this.read_buf.capacity() - this.read_buf.len();
             // Grown, a read wants at least half its size: the decoder's
-            // room for the rest of one frame would hold it to a frame.
-            let short = if want > READ_CHUNK {
+            // room for the rest of one small frame would hold it to a frame.
+            // Not when the buffer holds much of a large frame already: its
+            // room is the decoder's, made for the rest of it, and a read's
+            // room more would copy what is there into a new buffer.
+            let short = if want > READ_CHUNK && this.read_buf.len() < READ_CHUNK {
                 want / 2
             } else {
                 MIN_SPARE
