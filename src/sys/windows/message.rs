@@ -360,7 +360,14 @@ impl Direction {
                 Some(ERROR_IO_INCOMPLETE) if !self.wait.is_null() => return Poll::Pending,
                 Some(ERROR_IO_INCOMPLETE) => match self.register() {
                     Ok(()) => return Poll::Pending,
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        // Nothing would wake us; the kernel still holds the
+                        // buffer and the `OVERLAPPED`. Cancelled and waited
+                        // for here (safety argument, point 2), then failed.
+                        self.cancel_and_wait(handle);
+                        self.op.waiting.store(false, Ordering::SeqCst);
+                        return Poll::Ready(Err(e));
+                    }
                 },
                 Some(ERROR_MORE_DATA) => Ok(done(true, false)),
                 Some(ERROR_OPERATION_ABORTED) if !self.cancelled && n == 0 => Ok(done(false, true)),
