@@ -125,17 +125,26 @@ impl<Io: AsyncRead + Unpin, W: Wire> Stream for StreamTransport<Io, W> {
                 let _ = this.read_buf.try_reclaim(want);
             }
             let spare = this.read_buf.capacity() - this.read_buf.len();
-            // Grown, a read wants at least half its size: the decoder's
-            // room for the rest of one small frame would hold it to a frame.
-            // Not when the buffer holds much of a large frame already: its
-            // room is the decoder's, made for the rest of it, and a read's
-            // room more would copy what is there into a new buffer.
-            let short = if want > READ_CHUNK && this.read_buf.len() < READ_CHUNK {
+            // When the buffer holds much of a large frame, any room is
+            // enough: it is the decoder's, made for the rest of the frame,
+            // and a read's room more would copy the frame into a new buffer.
+            // Grown, a read wants at least half its size: the decoder's room
+            // for the rest of one small frame would hold it to a frame.
+            let short = if this.read_buf.len() >= READ_CHUNK {
+                1
+            } else if want > READ_CHUNK {
                 want / 2
             } else {
                 MIN_SPARE
             };
-            if spare < short && !this.read_buf.try_reclaim(want) {
+            // A buffer of our own too small for a whole read may still
+            // have room for `short` once its front is reclaimed: reserving
+            // would double it instead (`Vec`'s growth), for the
+            // connection's life.
+            if spare < short
+                && !this.read_buf.try_reclaim(want)
+                && !this.read_buf.try_reclaim(short)
+            {
                 if this.read_buf.is_empty() {
                     // The buffer's memory is still held by frames in use (a
                     // reply being written): reserving now would allocate a
@@ -263,8 +272,12 @@ impl Default for ReadSize {
 impl ReadSize {
     /// A read of `n` bytes into `room`.
     fn record(&mut self, n: usize, room: usize) {
-        if n >= room && n >= self.next / 2 {
-            self.next = (self.next * 2).min(READ_MAX);
+        if n >= room {
+            // Filled all it had: more may be waiting. Small room filled
+            // says nothing about the traffic.
+            if n >= self.next / 2 {
+                self.next = (self.next * 2).min(READ_MAX);
+            }
             self.shrinking = false;
         } else if n < self.next / 2 {
             if self.shrinking {
@@ -560,6 +573,54 @@ mod tests {
         // would allocate a buffer per request).
         assert!(rooms[..2].iter().all(|&r| r == PROBE), "{rooms:?}");
         assert!(rooms[2..].iter().all(|&r| r >= READ_CHUNK - 8), "{rooms:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_pipelining_bursts_of_any_size_never_reads_into_more_than_a_grown_read_and_a_frame(
+    ) {
+        const FRAME: usize = 4096;
+        let (mut peer, io) = tokio::io::duplex(1 << 20);
+        let io = CountedReads {
+            io,
+            reads: 0,
+            rooms: Vec::new(),
+        };
+        let mut t = StreamTransport::new(io, LengthPrefixed::new(1 << 20), Buffers::default());
+        let frame = {
+            let mut f = (FRAME as u32).to_be_bytes().to_vec();
+            f.extend(std::iter::repeat_n(7u8, FRAME));
+            f
+        };
+        // Bursts of 1 to 24 frames, cut anywhere: each read leaves a part of
+        // a frame of a different length behind.
+        let mut wire: Vec<u8> = Vec::new();
+        let mut seed = 12345u32;
+        for _ in 0..200 {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let n = 1 + (seed >> 16) as usize % 24;
+            for _ in 0..n {
+                wire.extend_from_slice(&frame);
+            }
+        }
+        let total = wire.len() / frame.len();
+        let mut cuts = wire.chunks(20_000 + (seed as usize % 50_000));
+        let mut read = 0;
+        while read < total {
+            if let Some(chunk) = cuts.next() {
+                peer.write_all(chunk).await.unwrap();
+            }
+            // What has arrived, read; the frames dropped as a server that
+            // has written them does.
+            while let Some(Ok(f)) = futures_util::FutureExt::now_or_never(t.next()).flatten() {
+                assert_eq!(f.len(), FRAME);
+                read += 1;
+            }
+        }
+        let most = t.io.rooms.iter().copied().max().unwrap();
+        assert!(
+            most <= READ_MAX + FRAME + 8,
+            "a read was given {most} bytes of room"
+        );
     }
 
     #[tokio::test]
