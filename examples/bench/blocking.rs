@@ -61,18 +61,22 @@ pub fn run(address: &str, clients: usize, payload: usize, depth: usize, duration
     let mut frame = (payload as u32).to_be_bytes().to_vec();
     frame.extend((0..payload).map(|i| i as u8));
     let frame: Arc<[u8]> = frame.into();
+    // All connected, then the deadline is set, then everyone starts.
+    let all_connected = Arc::new(Barrier::new(clients + 1));
     let start_line = Arc::new(Barrier::new(clients + 1));
     let deadline = Arc::new(OnceLock::<Instant>::new());
     let threads: Vec<_> = (0..clients)
         .map(|_| {
-            let (address, frame, start_line, deadline) = (
+            let (address, frame, all_connected, start_line, deadline) = (
                 address.to_owned(),
                 frame.clone(),
+                all_connected.clone(),
                 start_line.clone(),
                 deadline.clone(),
             );
             std::thread::spawn(move || {
                 let connected = connect(&address);
+                all_connected.wait();
                 start_line.wait();
                 match connected {
                     Ok((stream, retries)) => {
@@ -88,6 +92,7 @@ pub fn run(address: &str, clients: usize, payload: usize, depth: usize, duration
             })
         })
         .collect();
+    all_connected.wait();
     let start = Instant::now();
     let _ = deadline.set(start + duration);
     start_line.wait();

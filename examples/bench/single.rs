@@ -167,6 +167,16 @@ impl Rounds {
     }
 }
 
+/// The user CPU per request of the three servers, in microseconds, or "-"
+/// where the system does not say.
+fn user(floor: &Rounds, raw: &Rounds, ps: &Rounds) -> String {
+    let us = |r: &Rounds| r.median(|r| r.2) * 1e6;
+    if us(ps).is_nan() {
+        return "-".into();
+    }
+    format!("{:.2} / {:.2} / {:.2} us", us(floor), us(raw), us(ps))
+}
+
 /// The median of the per-round ratios `a / b` of field `f`.
 fn ratio(a: &Rounds, b: &Rounds, f: fn(&(f64, f64, f64)) -> f64) -> f64 {
     median(a.each.iter().zip(&b.each).map(|(a, b)| f(a) / f(b)))
@@ -251,14 +261,15 @@ pub fn run(rounds: usize, duration: Duration, quick: bool) -> Output {
                     let usage = s.usage();
                     let d = drive(case.blocking, &s.address, case.cell, duration, client_cpu);
                     let cpu = s.usage().cpu.saturating_sub(usage.cpu);
+                    // NaN where the system does not say (printed "-").
                     let user = match (before, cpu_split(pid)) {
-                        (Some(a), Some(b)) => b.0.saturating_sub(a.0),
-                        _ => Duration::ZERO,
+                        (Some(a), Some(b)) => b.0.saturating_sub(a.0).as_secs_f64(),
+                        _ => f64::NAN,
                     };
                     let n = d.replies.max(1) as f64;
                     measured[i]
                         .each
-                        .push((d.rate, cpu.as_secs_f64() / n, user.as_secs_f64() / n));
+                        .push((d.rate, cpu.as_secs_f64() / n, user / n));
                     measured[i].errors += d.errors;
                 }
             }
@@ -273,7 +284,7 @@ pub fn run(rounds: usize, duration: Duration, quick: bool) -> Output {
             let errors = floor.errors + raw.errors + ps.errors;
             out!(
                 md,
-                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | **{vs_raw:.2}** | **{vs_floor:.2}** | {:.2} / {:.2} / {:.2} us | {:.2} / {:.2} / {:.2} us | **{cpu_vs_floor:.2}** | {cpu_vs_raw:.2} |{}",
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | **{vs_raw:.2}** | **{vs_floor:.2}** | {:.2} / {:.2} / {:.2} us | {} | **{cpu_vs_floor:.2}** | {cpu_vs_raw:.2} |{}",
                 placement.name(),
                 case.client(),
                 case.label(),
@@ -283,9 +294,7 @@ pub fn run(rounds: usize, duration: Duration, quick: bool) -> Output {
                 us(floor, |r| r.1),
                 us(raw, |r| r.1),
                 us(ps, |r| r.1),
-                us(floor, |r| r.2),
-                us(raw, |r| r.2),
-                us(ps, |r| r.2),
+user(floor, raw, ps),
                 if errors > 0 { format!(" errors {errors}") } else { String::new() }
             );
             let at = format!(
