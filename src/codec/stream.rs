@@ -117,7 +117,8 @@ impl<Io: AsyncRead + Unpin, W: Wire> Stream for StreamTransport<Io, W> {
                 }
             }
             let want = this.read_size.next;
-            if this.read_buf.is_empty() {
+            let empty = this.read_buf.is_empty();
+            if empty {
                 // Its frames gone, an empty buffer with less than a read's
                 // room left at its tail starts over from its front, so a
                 // frame that fits is read in one call (not its first bytes
@@ -140,12 +141,13 @@ impl<Io: AsyncRead + Unpin, W: Wire> Stream for StreamTransport<Io, W> {
             // A buffer of our own too small for a whole read may still
             // have room for `short` once its front is reclaimed: reserving
             // would double it instead (`Vec`'s growth), for the
-            // connection's life.
+            // connection's life. (An empty buffer was offered a whole read
+            // above already.)
             if spare < short
-                && !this.read_buf.try_reclaim(want)
+                && (empty || !this.read_buf.try_reclaim(want))
                 && !this.read_buf.try_reclaim(short)
             {
-                if this.read_buf.is_empty() {
+                if empty {
                     // The buffer's memory is still held by frames in use (a
                     // reply being written): reserving now would allocate a
                     // new buffer for data that may be far off. Read into the
@@ -473,6 +475,24 @@ mod tests {
         rooms: Vec<usize>,
     }
 
+    /// A length-delimited transport over I/O that counts its reads, and
+    /// the peer's end of that I/O (`capacity` bytes each way).
+    fn counted(
+        capacity: usize,
+    ) -> (
+        tokio::io::DuplexStream,
+        StreamTransport<CountedReads<tokio::io::DuplexStream>, LengthPrefixed>,
+    ) {
+        let (peer, io) = tokio::io::duplex(capacity);
+        let io = CountedReads {
+            io,
+            reads: 0,
+            rooms: Vec::new(),
+        };
+        let t = StreamTransport::new(io, LengthPrefixed::new(1 << 20), Buffers::default());
+        (peer, t)
+    }
+
     impl<Io: AsyncRead + Unpin> AsyncRead for CountedReads<Io> {
         fn poll_read(
             mut self: Pin<&mut Self>,
@@ -512,13 +532,7 @@ mod tests {
     /// burst.
     async fn reads_of_a_burst(rounds: usize) -> usize {
         const FRAME: usize = 4096;
-        let (mut peer, io) = tokio::io::duplex(1 << 20);
-        let io = CountedReads {
-            io,
-            reads: 0,
-            rooms: Vec::new(),
-        };
-        let mut t = StreamTransport::new(io, LengthPrefixed::new(1 << 20), Buffers::default());
+        let (mut peer, mut t) = counted(1 << 20);
         let mut burst = Vec::new();
         for i in 0..16u8 {
             burst.extend_from_slice(&(FRAME as u32).to_be_bytes());
@@ -549,13 +563,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_that_keeps_talking_reads_into_its_own_buffer_after_its_second_request() {
-        let (mut peer, io) = tokio::io::duplex(1 << 16);
-        let io = CountedReads {
-            io,
-            reads: 0,
-            rooms: Vec::new(),
-        };
-        let mut t = StreamTransport::new(io, LengthPrefixed::new(1 << 20), Buffers::default());
+        let (mut peer, mut t) = counted(1 << 16);
         for i in 0..10u8 {
             // A ping-pong: each request read, answered and gone before the
             // next arrives.
@@ -579,13 +587,7 @@ mod tests {
     async fn a_connection_pipelining_bursts_of_any_size_never_reads_into_more_than_a_grown_read_and_a_frame(
     ) {
         const FRAME: usize = 4096;
-        let (mut peer, io) = tokio::io::duplex(1 << 20);
-        let io = CountedReads {
-            io,
-            reads: 0,
-            rooms: Vec::new(),
-        };
-        let mut t = StreamTransport::new(io, LengthPrefixed::new(1 << 20), Buffers::default());
+        let (mut peer, mut t) = counted(1 << 20);
         let frame = {
             let mut f = (FRAME as u32).to_be_bytes().to_vec();
             f.extend(std::iter::repeat_n(7u8, FRAME));
