@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::load::Run;
+use crate::load::{request, Run};
 
 /// A blocking connection to `address`, retrying while the server is busy.
 #[cfg(unix)]
@@ -58,9 +58,7 @@ fn connect(address: &str) -> std::io::Result<(impl Read + Write, u64)> {
 /// each reply), for `duration` once all are connected. Every reply is
 /// checked.
 pub fn run(address: &str, clients: usize, payload: usize, depth: usize, duration: Duration) -> Run {
-    let mut frame = (payload as u32).to_be_bytes().to_vec();
-    frame.extend((0..payload).map(|i| i as u8));
-    let frame: Arc<[u8]> = frame.into();
+    let frame = request(payload);
     // All connected, then the deadline is set, then everyone starts.
     let all_connected = Arc::new(Barrier::new(clients + 1));
     let start_line = Arc::new(Barrier::new(clients + 1));
@@ -84,10 +82,7 @@ pub fn run(address: &str, clients: usize, payload: usize, depth: usize, duration
                         run.busy_retries = retries;
                         run
                     }
-                    Err(_) => Run {
-                        errors: 1,
-                        ..Run::default()
-                    },
+                    Err(_) => Run::failed(),
                 }
             })
         })
@@ -98,14 +93,7 @@ pub fn run(address: &str, clients: usize, payload: usize, depth: usize, duration
     start_line.wait();
     let mut total = Run::default();
     for thread in threads {
-        let run = thread.join().unwrap_or(Run {
-            errors: 1,
-            ..Run::default()
-        });
-        total.replies += run.replies;
-        total.latencies.extend(run.latencies);
-        total.busy_retries += run.busy_retries;
-        total.errors += run.errors;
+        total.add(thread.join().unwrap_or_else(|_| Run::failed()));
     }
     total.elapsed = start.elapsed();
     total

@@ -77,3 +77,32 @@ pub fn update_doc(path: &str, section: &str, content: &str) -> Result<(), String
     let doc = splice(&doc, section, content)?;
     std::fs::write(path, doc).map_err(|e| format!("{path}: {e}"))
 }
+
+/// Where a run's figures come from, for its section's first line: "Commit
+/// `ABC1234`, 2026-12-08." (`BENCH_COMMIT`, set by `scripts/bench-doc`).
+pub fn provenance() -> String {
+    format!(
+        "Commit `{}`, {}.",
+        std::env::var("BENCH_COMMIT").unwrap_or("(working tree)".into()),
+        today()
+    )
+}
+
+/// Today's date (UTC), for the doc.
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y}-{m:02}-{d:02}")
+}

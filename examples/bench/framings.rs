@@ -100,10 +100,9 @@ pub async fn run(
     }
     out!(
         md,
-        "{rounds} rounds x {} ms per server per cell, servers alternating; 64 instances; one request in flight per client; pipeserve's client with each server's framing. Commit `{}`, {}.",
+        "{rounds} rounds x {} ms per server per cell, servers alternating; 64 instances; one request in flight per client; pipeserve's client with each server's framing. {}",
         duration.as_millis(),
-        std::env::var("BENCH_COMMIT").unwrap_or("(working tree)".into()),
-        crate::today()
+        crate::doc::provenance()
     );
     out!(md);
     out!(

@@ -34,6 +34,31 @@ pub struct Run {
     pub errors: u64,
 }
 
+impl Run {
+    /// A client that could not run (it failed to connect, or panicked).
+    pub fn failed() -> Run {
+        Run {
+            errors: 1,
+            ..Run::default()
+        }
+    }
+
+    /// Adds one client's figures to the total (all but `elapsed`).
+    pub fn add(&mut self, client: Run) {
+        self.replies += client.replies;
+        self.latencies.extend(client.latencies);
+        self.busy_retries += client.busy_retries;
+        self.errors += client.errors;
+    }
+}
+
+/// A request of `payload` bytes, framed: its length, then bytes counting up.
+pub fn request(payload: usize) -> Arc<[u8]> {
+    let mut frame = (payload as u32).to_be_bytes().to_vec();
+    frame.extend((0..payload).map(|i| i as u8));
+    frame.into()
+}
+
 /// Connects to `address`; returns the stream and how many times the server
 /// was busy (all instances taken) or not there.
 #[cfg(unix)]
@@ -85,9 +110,7 @@ pub async fn run(
     // All connected, then the deadline is set, then everyone starts.
     let barrier = Arc::new(Barrier::new(clients + 1));
     let start_line = Arc::new(Barrier::new(clients + 1));
-    let mut frame = (payload as u32).to_be_bytes().to_vec();
-    frame.extend((0..payload).map(|i| i as u8));
-    let frame: Arc<[u8]> = frame.into();
+    let frame = request(payload);
     let deadline = Arc::new(std::sync::OnceLock::<Instant>::new());
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
@@ -104,12 +127,7 @@ pub async fn run(
                 start_line.wait().await;
                 let (stream, retries) = match connected {
                     Ok(c) => c,
-                    Err(_) => {
-                        return Run {
-                            errors: 1,
-                            ..Run::default()
-                        }
-                    }
+                    Err(_) => return Run::failed(),
                 };
                 let mut run = client(stream, &frame, depth, *deadline.get().unwrap()).await;
                 run.busy_retries = retries;
@@ -123,14 +141,7 @@ pub async fn run(
     start_line.wait().await;
     let mut total = Run::default();
     for task in tasks {
-        let run = task.await.unwrap_or(Run {
-            errors: 1,
-            ..Run::default()
-        });
-        total.replies += run.replies;
-        total.latencies.extend(run.latencies);
-        total.busy_retries += run.busy_retries;
-        total.errors += run.errors;
+        total.add(task.await.unwrap_or_else(|_| Run::failed()));
     }
     total.elapsed = start.elapsed();
     total

@@ -351,12 +351,11 @@ async fn bench(o: &Options) -> Output {
     out!(md);
     out!(
         md,
-        "{} rounds x {} ms per server per cell, servers alternating; pipeserve: {instances} instances, pipeline depth {}. Commit `{}`, {}.",
+        "{} rounds x {} ms per server per cell, servers alternating; pipeserve: {instances} instances, pipeline depth {}. {}",
         o.rounds,
         o.duration.as_millis(),
         o.depth,
-        std::env::var("BENCH_COMMIT").unwrap_or("(working tree)".into()),
-        today()
+        crate::doc::provenance()
     );
     let servers: Vec<ServerProcess> = servers::KINDS
         .iter()
@@ -617,25 +616,6 @@ async fn bench(o: &Options) -> Output {
         markdown: md,
         met: targets.met(),
     }
-}
-
-/// Today's date (UTC), for the doc.
-fn today() -> String {
-    let days = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() / 86_400)
-        .unwrap_or(0) as i64;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y}-{m:02}-{d:02}")
 }
 
 /// Runs thread `tid` (0: the calling one, and the threads it starts later)

@@ -21,7 +21,7 @@ use crate::{
     median,
     process::ServerProcess,
     report::size,
-    server_args, servers, today, Output,
+    server_args, servers, Output,
 };
 
 /// What a client process reports.
@@ -183,32 +183,16 @@ fn ratio(a: &Rounds, b: &Rounds, f: fn(&(f64, f64, f64)) -> f64) -> f64 {
 }
 
 pub fn run(rounds: usize, duration: Duration, quick: bool) -> Output {
+    // (blocking client, clients x payload x depth)
     let cases = [
-        Case {
-            blocking: false,
-            cell: (1, 64, 1),
-        },
-        Case {
-            blocking: false,
-            cell: (1, 4096, 1),
-        },
-        Case {
-            blocking: false,
-            cell: (1, 64, 16),
-        },
-        Case {
-            blocking: false,
-            cell: (1, 4096, 16),
-        },
-        Case {
-            blocking: true,
-            cell: (16, 64, 1),
-        },
-        Case {
-            blocking: false,
-            cell: (16, 64, 1),
-        },
-    ];
+        (false, (1, 64, 1)),
+        (false, (1, 4096, 1)),
+        (false, (1, 64, 16)),
+        (false, (1, 4096, 16)),
+        (true, (16, 64, 1)),
+        (false, (16, 64, 1)),
+    ]
+    .map(|(blocking, cell)| Case { blocking, cell });
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let placements: &[Placement] = if cfg!(target_os = "linux") && cpus >= 2 && !quick {
         &[Placement::Pinned, Placement::Free]
@@ -227,10 +211,9 @@ pub fn run(rounds: usize, duration: Duration, quick: bool) -> Output {
     out!(md);
     out!(
         md,
-        "{rounds} rounds x {} ms per server per case, servers alternating; each client a process of its own; pipeserve at its defaults (pipeline depth 16). Commit `{}`, {}.",
+        "{rounds} rounds x {} ms per server per case, servers alternating; each client a process of its own; pipeserve at its defaults (pipeline depth 16). {}",
         duration.as_millis(),
-        std::env::var("BENCH_COMMIT").unwrap_or("(working tree)".into()),
-        today()
+        crate::doc::provenance()
     );
     out!(md);
     out!(md, "| placement | client | clients x payload x depth | floor rt/s | raw rt/s | pipeserve rt/s | **vs raw** | **vs floor** | CPU/req floor / raw / pipeserve | of it user | **CPU vs floor** | CPU vs raw |");

@@ -91,9 +91,8 @@ pub async fn run(minutes: f64, sample_secs: u64) -> Output {
     out!(md);
     out!(
         md,
-        "{minutes} minutes: {STEADY} steady clients (frames of 0-64 KiB, every reply checked), {CHURNERS} churners (connect, then one good frame, an oversized length, half a frame or garbage, and go), 1 client that never reads; pipeserve with 16 instances and default timeouts. Sampled every {sample_secs} s. Commit `{}`, {}.",
-        std::env::var("BENCH_COMMIT").unwrap_or("(working tree)".into()),
-        crate::today(),
+        "{minutes} minutes: {STEADY} steady clients (frames of 0-64 KiB, every reply checked), {CHURNERS} churners (connect, then one good frame, an oversized length, half a frame or garbage, and go), 1 client that never reads; pipeserve with 16 instances and default timeouts. Sampled every {sample_secs} s. {}",
+        crate::doc::provenance()
     );
     out!(md);
     out!(md, "| minute | server memory | handles | replies | wrong replies | churned connections | non-readers cut |");
